@@ -1,0 +1,202 @@
+"""The ``prosv`` command line: a thin client of the library.
+
+Examples::
+
+    prosv demo                                   # steer SmolLM2, unsteered vs PrOSV vs FSSV
+    prosv positions "Name three colors." --spec f2+l2
+    prosv generate "Describe your ideal weekend." --vector runs/demo-*/prosv
+    prosv check-cache --spec f2+l2 --layer 12
+    prosv inspect runs/demo-*/prosv
+    prosv models --convert gemma-3-270m
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from prosv_lens import __version__
+from prosv_lens.errors import ProsvError
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="smollm2-135m-instruct (default), gemma-3-270m, tiny, a folder or a hub id")  # fmt: skip
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from prosv_lens.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(model=args.model, layer=args.layer, max_new_tokens=args.max_new_tokens, out_dir=args.out)
+    run = run_demo(cfg)
+    _out((run / "report.md").read_text())
+    _out(f"run folder: {run}")
+    return 0
+
+
+def _cmd_positions(args: argparse.Namespace) -> int:
+    from prosv_lens.models import load_model
+    from prosv_lens.positions import PositionSpec
+    from prosv_lens.prompts import encode_prompts
+
+    model = load_model(args.model, device=args.device)
+    batch = encode_prompts(model, args.prompts, system=args.system)
+    for spec_text in args.spec:
+        spec = PositionSpec.parse(spec_text)
+        mask = spec.resolve(batch).mask
+        _out(f"spec {spec}  ({'prompt-only' if spec.is_prompt_only else 'also every generated token'})")
+        for b in range(batch.batch_size):
+            cols = mask[b].nonzero().flatten().tolist()
+            first = int(batch.attention_mask[b].nonzero()[0])
+            toks = model.tokenizer.convert_ids_to_tokens(batch.input_ids[b, cols].tolist())
+            shown = ", ".join(f"{c - first}:{t!r}" for c, t in zip(cols, toks, strict=True))
+            _out(f"  [{b}] {shown}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from prosv_lens.generation import GenerationConfig, generate
+    from prosv_lens.models import load_model
+    from prosv_lens.vector_io import load_vector
+
+    model = load_model(args.model, device=args.device)
+    vectors = []
+    for path in args.vector or []:
+        v = load_vector(path, model, allow_model_mismatch=args.allow_model_mismatch)
+        if args.positions:
+            v = v.replace(positions=args.positions)
+        if args.scale != 1.0:
+            v = v.scaled(args.scale)
+        vectors.append(v)
+    cfg = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+        temperature=args.temperature if args.temperature > 0 else 1.0, top_p=args.top_p,
+        seed=args.seed, progress=True,
+    )  # fmt: skip
+    out = generate(model, args.prompts, vectors, cfg)
+    for prompt, text in zip(args.prompts, out.texts, strict=True):
+        _out(f"### {prompt}\n{text}\n")
+    return 0
+
+
+def _cmd_check_cache(args: argparse.Namespace) -> int:
+    import torch
+
+    from prosv_lens.generation import check_cache_equivalence
+    from prosv_lens.interventions import SteeringVector
+    from prosv_lens.models import load_model
+    from prosv_lens.prompts import encode_prompts
+
+    model = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    layer = args.layer if args.layer is not None else round(0.4 * model.n_layers)
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(model.d_model, generator=gen)
+    failed = 0
+    for side in ("left", "right"):
+        batch = encode_prompts(model, args.prompts, padding_side=side)
+        for spec in args.spec:
+            sv = SteeringVector(v / v.norm(), layer=layer, positions=spec, alpha=args.alpha)
+            r = check_cache_equivalence(model, batch, sv, max_new_tokens=args.max_new_tokens)
+            failed += not r.ok(args.atol)
+            _out(f"{side:5s} {spec:12s} max|diff| {r.max_abs_diff:.2e}  tokens equal {r.tokens_equal}  "
+                 f"{'ok' if r.ok(args.atol) else 'FAIL'}")  # fmt: skip
+    return 1 if failed else 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from prosv_lens.vector_io import load_vector, read_metadata
+
+    load_vector(args.path)  # verifies the hash and tensors
+    _out(json.dumps(read_metadata(args.path), indent=2))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from prosv_lens.models import EMBEDDED_MODELS, cache_folder, convert_embedded
+
+    for name in args.convert or []:
+        if name not in EMBEDDED_MODELS:
+            raise ProsvError(f"{name!r} is not an embedded model: choose from {', '.join(EMBEDDED_MODELS)}")
+        _out(f"{name}: converted folder {convert_embedded(name)}")
+    for name, spec in EMBEDDED_MODELS.items():
+        state = "converted" if (cache_folder(name) / "model.safetensors").exists() else "not converted yet"
+        _out(f"{name:24s} {spec.description} [{state}; needs `{spec.install}`]")
+    _out("tiny                     random-weight 3-layer Llama for tests (no download)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prosv",
+        description="Train, run and understand prompt-only steering vectors (PrOSV) on "
+        "TransformerLens models. Offline by default: the embedded SmolLM2-135M-Instruct needs no hub.",
+    )
+    parser.add_argument("--version", action="version", version=f"prosv-lens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="steer the model; unsteered vs PrOSV vs FSSV side by side")
+    _model_arg(p)
+    p.add_argument("--layer", type=int, default=None, help="layer to steer (default: 40%% depth)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("positions", help="show which tokens a position spec selects")
+    _model_arg(p)
+    p.add_argument("prompts", nargs="+", help="user prompts (chat template applied)")
+    p.add_argument("--spec", nargs="+", default=["f2+l2"], help="position specs (default f2+l2)")
+    p.add_argument("--system", default=None, help="system message (template default if omitted)")
+    p.set_defaults(func=_cmd_positions)
+
+    p = sub.add_parser("generate", help="generate, optionally steered by saved vectors")
+    _model_arg(p)
+    p.add_argument("prompts", nargs="+")
+    p.add_argument("--vector", nargs="*", help="saved vectors (.safetensors/.json stem)")
+    p.add_argument("--positions", default=None, help="override the vectors' position spec")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply each vector's alpha")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--allow-model-mismatch", action="store_true")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("check-cache", help="cached vs uncached steered decoding must agree")
+    _model_arg(p)
+    p.add_argument("--prompts", nargs="+", default=["Name three colors.", "Hi", "Write a haiku about autumn leaves."])
+    p.add_argument("--spec", nargs="+", default=["all", "prompt", "f2+l2", "role:user", "role:system", "role:assistant"])
+    p.add_argument("--layer", type=int, default=None)
+    p.add_argument("--alpha", type=float, default=100.0, help="factor of a random unit vector")
+    p.add_argument("--max-new-tokens", type=int, default=6)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.set_defaults(func=_cmd_check_cache)
+
+    p = sub.add_parser("inspect", help="verify a saved vector and print its provenance")
+    p.add_argument("path")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("models", help="list embedded models; --convert prepares their cache")
+    p.add_argument("--convert", nargs="*", metavar="NAME")
+    p.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ProsvError as e:
+        sys.stderr.write(f"prosv {args.command}: error: {e}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,241 @@
+"""Stage 3 — interventions on the residual stream, applied as scoped TransformerLens hooks.
+
+A :class:`SteeringVector` carries its own location (layer -> ``blocks.{L}.hook_resid_post``,
+position spec), factor ``alpha`` and direction ``v``; it adds ``alpha * v`` to the residual at its
+steered positions and leaves every other position bit-for-bit untouched.
+
+Hooks are attached only inside :func:`steering` (a context manager that removes them on exit,
+also when its body raises) or for one call of :func:`run_with_steering`. Positions are resolved
+against the batch *before* any hook is attached, and each hook reads the absolute column offset
+of the current forward pass from a :class:`DecodeState` the caller owns — never from the
+activation's length, which under a KV cache is 1 for every decoded token. So a prompt-only vector
+edits its prompt columns during prefill and no decoded token, and the same code serves cached and
+uncached generation.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, final
+
+import torch
+from torch import nn
+
+from prosv_lens.errors import SteeringStateError, VectorMismatchError
+from prosv_lens.models import LoadedModel, hook_name
+from prosv_lens.positions import PositionSpec, ResolvedPositions
+from prosv_lens.prompts import TokenBatch
+from prosv_lens.types import HookName, Logits, PosMask, Resid, Vector
+
+
+class AbstractIntervention(nn.Module, ABC):
+    """An edit of one hook point at the positions of a :class:`PositionSpec`.
+
+    Subclasses implement :meth:`edit`; they must leave unmasked positions exactly unchanged.
+    """
+
+    layer: int
+    positions: PositionSpec
+
+    @property
+    def hook_name(self) -> HookName:
+        return hook_name(self.layer)
+
+    @property
+    @abstractmethod
+    def d_model(self) -> int: ...
+
+    @abstractmethod
+    def edit(self, resid: Resid, mask: PosMask) -> Resid:
+        """Return the edited residual; positions where ``mask`` is False are returned as is."""
+
+
+@final
+class SteeringVector(AbstractIntervention):
+    """``h <- h + alpha * v`` at the spec's positions of ``blocks.{layer}.hook_resid_post``.
+
+    ``alpha`` (a 0-d parameter) and ``v`` (``[d_model]``) are ``nn.Parameter`` so a trainer can
+    optimise them; ``requires_grad`` is off until a trainer turns it on.
+
+    Args:
+        v: the direction, ``[d_model]``.
+        layer: block index whose output (``hook_resid_post``) is edited.
+        positions: a position spec (``"f2+l2"``, ``"all"``, ...; see :mod:`prosv_lens.positions`).
+        alpha: the steering factor.
+        model_id: the model the vector was made for (checked when loading from disk).
+        chat_template_hash: the chat template it was made with (positions depend on it).
+        info: free-form provenance (training settings, data, ...), saved with the vector.
+    """
+
+    def __init__(
+        self,
+        v: Vector,
+        *,
+        layer: int,
+        positions: "str | PositionSpec | Sequence[int]" = "f2+l2",
+        alpha: float | torch.Tensor = 1.0,
+        model_id: str | None = None,
+        chat_template_hash: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        v = torch.as_tensor(v).detach()
+        if v.ndim != 1 or not v.is_floating_point():
+            raise ValueError(f"v must be a 1-d float tensor [d_model], got shape {tuple(v.shape)}")
+        if not isinstance(layer, int) or layer < 0:
+            raise ValueError(f"layer must be a non-negative int, got {layer!r}")
+        self.layer = layer
+        self.positions = PositionSpec.parse(positions)
+        self.v = nn.Parameter(v.clone().float(), requires_grad=False)
+        self.alpha = nn.Parameter(torch.as_tensor(alpha, dtype=torch.float32).detach().clone().reshape(()), requires_grad=False)
+        self.model_id = model_id
+        self.chat_template_hash = chat_template_hash
+        self.info = dict(info or {})
+
+    @classmethod
+    def zeros(cls, d_model: int, **kwargs: Any) -> "SteeringVector":
+        """A zero vector: attaching it leaves logits bit-identical."""
+        return cls(torch.zeros(d_model), **kwargs)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.v.shape[0])
+
+    @property
+    def delta(self) -> Vector:
+        """``alpha * v``, the vector actually added."""
+        return self.alpha * self.v
+
+    def edit(self, resid: Resid, mask: PosMask) -> Resid:
+        delta = self.delta.to(device=resid.device, dtype=resid.dtype)
+        return torch.where(mask[..., None], resid + delta, resid)
+
+    def scaled(self, factor: float) -> "SteeringVector":
+        """A copy with ``alpha * factor`` (e.g. an FSSV at 50% of its learned factor)."""
+        return self.replace(alpha=float(self.alpha) * factor)
+
+    def replace(self, **changes: Any) -> "SteeringVector":
+        """A detached copy with some constructor arguments changed."""
+        kwargs: dict[str, Any] = {
+            "v": self.v.detach(),
+            "layer": self.layer,
+            "positions": self.positions,
+            "alpha": self.alpha.detach(),
+            "model_id": self.model_id,
+            "chat_template_hash": self.chat_template_hash,
+            "info": self.info,
+        }
+        kwargs.update(changes)
+        return SteeringVector(**kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"layer={self.layer}, positions='{self.positions}', alpha={float(self.alpha):.4g}, "
+            f"|v|={float(self.v.norm()):.4g}, d_model={self.d_model}, model_id={self.model_id!r}"
+        )
+
+
+@dataclass
+class DecodeState:
+    """Absolute column of the first token in the forward pass about to run.
+
+    Owned by the caller (the generation loop); 0 for an ordinary full-sequence forward.
+    """
+
+    offset: int = 0
+
+
+def check_compatible(model: LoadedModel, intervention: AbstractIntervention) -> None:
+    """Raise :class:`VectorMismatchError` if the intervention cannot act on this model."""
+    if intervention.d_model != model.d_model:
+        raise VectorMismatchError(
+            f"vector has d_model {intervention.d_model} but {model.model_id} has d_model "
+            f"{model.d_model}: it was made for another model; train or load one for this model."
+        )
+    model.hook_name(intervention.layer)  # raises on a layer out of range
+
+
+def _make_hook(
+    intervention: AbstractIntervention, resolved: ResolvedPositions, state: DecodeState
+) -> Callable[[Resid, Any], Resid | None]:
+    batch, known = resolved.mask.shape
+
+    def hook(resid: Resid, hook: Any) -> Resid | None:  # noqa: ARG001 - TL hook signature
+        if resid.shape[0] != batch:
+            raise SteeringStateError(
+                f"steering was prepared for a batch of {batch} but the model ran on "
+                f"{resid.shape[0]} rows: build the steering context with the batch you run."
+            )
+        width = resid.shape[1]
+        if state.offset == 0 and width < known:
+            raise SteeringStateError(
+                f"steering was prepared for {known} columns but a forward pass at offset 0 has "
+                f"{width}. Use prosv_lens.generate() for generation (it tracks the KV-cache "
+                "offset); bridge.generate() inside a steering context is not supported."
+            )
+        mask = resolved.chunk(state.offset, width)
+        if mask is None:  # a prompt-only vector during decoding: nothing to do, no cost
+            return None
+        return intervention.edit(resid, mask.to(resid.device))
+
+    return hook
+
+
+@contextmanager
+def steering(
+    model: LoadedModel,
+    interventions: "AbstractIntervention | Sequence[AbstractIntervention]",
+    batch: TokenBatch,
+    *,
+    state: DecodeState | None = None,
+) -> Iterator[DecodeState]:
+    """Attach interventions for the forward passes in the ``with`` body, then remove them.
+
+    Positions are resolved against ``batch`` before anything is attached (a bad spec raises and
+    attaches nothing). Several interventions compose: at the same hook their edits add up.
+
+    Args:
+        model: the model to steer.
+        interventions: one intervention or several (different layers/positions are fine).
+        batch: the batch the body will run (its columns define the positions).
+        state: the decoding offset tracker; a fresh one (offset 0) if ``None``.
+
+    Yields:
+        The :class:`DecodeState` the hooks read; a generation loop advances its ``offset``.
+    """
+    if isinstance(interventions, AbstractIntervention):
+        interventions = [interventions]
+    state = state if state is not None else DecodeState()
+    hooks = []
+    for iv in interventions:
+        check_compatible(model, iv)
+        resolved = iv.positions.resolve(batch)
+        hooks.append((iv.hook_name, _make_hook(iv, resolved, state)))
+    with model.bridge.hooks(fwd_hooks=hooks):
+        yield state
+
+
+def run_with_steering(
+    model: LoadedModel,
+    interventions: "AbstractIntervention | Sequence[AbstractIntervention]",
+    batch: TokenBatch,
+    **forward_kwargs: Any,
+) -> Logits:
+    """One steered forward pass over ``batch`` (hooks removed afterwards); returns logits.
+
+    Extra keyword arguments go to the bridge's forward (e.g. ``return_type``).
+    """
+    batch = batch.to(model.device)
+    with steering(model, interventions, batch):
+        return model.bridge(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            **forward_kwargs,
+        )
+
+
+def active_hook_count(model: LoadedModel) -> int:
+    """Number of forward/backward hooks attached to the model's hook points (0 when clean)."""
+    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.bridge.hook_dict.values())
