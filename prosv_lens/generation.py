@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from prosv_lens.interventions import AbstractIntervention, DecodeState, steering
 from prosv_lens.models import LoadedModel
 from prosv_lens.prompts import Prompt, TokenBatch, encode_prompts
-from prosv_lens.types import Logits, StepLogits, Tokens
+from prosv_lens.types import NextLogits, StepLogits, Tokens
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class Generation:
         return sum(self.lengths)
 
 
-def _pick(logits: Logits, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
+def _pick(logits: NextLogits, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
     """Next token per row from ``[batch, d_vocab]`` logits."""
     if not cfg.do_sample:
         return logits.argmax(dim=-1)

@@ -70,7 +70,7 @@ class SteeringVector(AbstractIntervention):
 
     def __init__(
         self,
-        v: Vector,
+        v: torch.Tensor,  # validated below with a clearer message than a shape annotation
         *,
         layer: int,
         positions: "str | PositionSpec | Sequence[int]" = "f2+l2",
@@ -238,4 +238,5 @@ def run_with_steering(
 
 def active_hook_count(model: LoadedModel) -> int:
     """Number of forward/backward hooks attached to the model's hook points (0 when clean)."""
-    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.bridge.hook_dict.values())
+    points = {id(hp): hp for hp in model.bridge.hook_dict.values()}  # aliases share a point
+    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in points.values())

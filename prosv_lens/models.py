@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 from transformer_lens.model_bridge import TransformerBridge
 
 from prosv_lens.errors import ModelLoadError
@@ -361,6 +362,8 @@ def make_tiny_model(
         num_attention_heads=n_heads,
         num_key_value_heads=max(1, n_heads // 2),
         max_position_embeddings=512,
+        # Larger than HF's 0.02 so logits are O(1) and a steering effect is far above float noise.
+        initializer_range=0.3,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -372,9 +375,15 @@ def make_tiny_model(
         hf = LlamaForCausalLM(config)
     model_id = f"tiny-llama-{n_layers}x{d_model}-seed{seed}"
     # TransformerLens re-reads the tokenizer from its folder, so the checkpoint goes through disk.
-    with tempfile.TemporaryDirectory(prefix="prosv-tiny-") as folder:
-        hf.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        bridge = TransformerBridge.boot_transformers(folder, device=resolve_device(device))
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars for a sub-second build
+    try:
+        with tempfile.TemporaryDirectory(prefix="prosv-tiny-") as folder:
+            hf.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            bridge = TransformerBridge.boot_transformers(folder, device=resolve_device(device))
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     return LoadedModel(_freeze(bridge), tokenizer, model_id, None)

@@ -9,6 +9,7 @@ PosMask = Bool[Tensor, "batch pos"]
 Resid = Float[Tensor, "batch pos d_model"]
 Logits = Float[Tensor, "batch pos d_vocab"]
 StepLogits = Float[Tensor, "batch new_pos d_vocab"]
+NextLogits = Float[Tensor, "batch d_vocab"]
 Vector = Float[Tensor, " d_model"]
 Scalar = Float[Tensor, ""]
 
