@@ -33,7 +33,9 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from prosv_lens.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(model=args.model, layer=args.layer, max_new_tokens=args.max_new_tokens, out_dir=args.out)
+    cfg = DemoConfig(
+        model=args.model, layer=args.layer, max_new_tokens=args.max_new_tokens, out_dir=args.out
+    )
     run = run_demo(cfg)
     _out((run / "report.md").read_text())
     _out(f"run folder: {run}")
@@ -50,7 +52,9 @@ def _cmd_positions(args: argparse.Namespace) -> int:
     for spec_text in args.spec:
         spec = PositionSpec.parse(spec_text)
         mask = spec.resolve(batch).mask
-        _out(f"spec {spec}  ({'prompt-only' if spec.is_prompt_only else 'also every generated token'})")
+        _out(
+            f"spec {spec}  ({'prompt-only' if spec.is_prompt_only else 'also every generated token'})"
+        )
         for b in range(batch.batch_size):
             cols = mask[b].nonzero().flatten().tolist()
             first = int(batch.attention_mask[b].nonzero()[0])
@@ -122,10 +126,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     for name in args.convert or []:
         if name not in EMBEDDED_MODELS:
-            raise ProsvError(f"{name!r} is not an embedded model: choose from {', '.join(EMBEDDED_MODELS)}")
+            raise ProsvError(
+                f"{name!r} is not an embedded model: choose from {', '.join(EMBEDDED_MODELS)}"
+            )
         _out(f"{name}: converted folder {convert_embedded(name)}")
     for name, spec in EMBEDDED_MODELS.items():
-        state = "converted" if (cache_folder(name) / "model.safetensors").exists() else "not converted yet"
+        state = (
+            "converted"
+            if (cache_folder(name) / "model.safetensors").exists()
+            else "not converted yet"
+        )
         _out(f"{name:24s} {spec.description} [{state}; needs `{spec.install}`]")
     _out("tiny                     random-weight 3-layer Llama for tests (no download)")
     return 0
@@ -169,8 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-cache", help="cached vs uncached steered decoding must agree")
     _model_arg(p)
-    p.add_argument("--prompts", nargs="+", default=["Name three colors.", "Hi", "Write a haiku about autumn leaves."])
-    p.add_argument("--spec", nargs="+", default=["all", "prompt", "f2+l2", "role:user", "role:system", "role:assistant"])
+    p.add_argument(
+        "--prompts",
+        nargs="+",
+        default=["Name three colors.", "Hi", "Write a haiku about autumn leaves."],
+    )
+    p.add_argument(
+        "--spec",
+        nargs="+",
+        default=["all", "prompt", "f2+l2", "role:user", "role:system", "role:assistant"],
+    )
     p.add_argument("--layer", type=int, default=None)
     p.add_argument("--alpha", type=float, default=100.0, help="factor of a random unit vector")
     p.add_argument("--max-new-tokens", type=int, default=6)

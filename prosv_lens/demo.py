@@ -72,7 +72,11 @@ def run_demo(cfg: DemoConfig) -> Path:
     steps.update()
     layer = cfg.layer if cfg.layer is not None else round(0.4 * model.n_layers)
     md = mean_difference(model, cfg.positive, cfg.negative, layer)
-    common = {"layer": layer, "model_id": model.model_id, "chat_template_hash": model.chat_template_hash}
+    common = {
+        "layer": layer,
+        "model_id": model.model_id,
+        "chat_template_hash": model.chat_template_hash,
+    }
     info = {"method": "diffmean", "concept": cfg.concept, "resid_norm": md.resid_norm}
     vectors = {
         "PrOSV f2+l2": SteeringVector(
@@ -87,7 +91,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     steps.update()
     batch = encode_prompts(model, list(cfg.instructions))
     checks = {
-        name: check_cache_equivalence(model, batch, sv, max_new_tokens=4) for name, sv in vectors.items()
+        name: check_cache_equivalence(model, batch, sv, max_new_tokens=4)
+        for name, sv in vectors.items()
     }
     steps.update()
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens)

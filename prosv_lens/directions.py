@@ -79,7 +79,9 @@ def mean_difference(
         keep = mask.bool().clone()
         keep[:, :exclude_first] = False
         if not bool(keep.any()):
-            raise ValueError(f"no token left after excluding the first {exclude_first} of each text")
+            raise ValueError(
+                f"no token left after excluding the first {exclude_first} of each text"
+            )
         tokens = resid[keep].double()
         means.append(tokens.mean(dim=0))
         norms.append(tokens.norm(dim=-1))

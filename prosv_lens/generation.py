@@ -54,7 +54,9 @@ class GenerationConfig:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}; use do_sample=False for greedy")
+            raise ValueError(
+                f"temperature must be > 0, got {self.temperature}; use do_sample=False for greedy"
+            )
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 

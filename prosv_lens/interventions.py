@@ -88,7 +88,10 @@ class SteeringVector(AbstractIntervention):
         self.layer = layer
         self.positions = PositionSpec.parse(positions)
         self.v = nn.Parameter(v.clone().float(), requires_grad=False)
-        self.alpha = nn.Parameter(torch.as_tensor(alpha, dtype=torch.float32).detach().clone().reshape(()), requires_grad=False)
+        self.alpha = nn.Parameter(
+            torch.as_tensor(alpha, dtype=torch.float32).detach().clone().reshape(()),
+            requires_grad=False,
+        )
         self.model_id = model_id
         self.chat_template_hash = chat_template_hash
         self.info = dict(info or {})

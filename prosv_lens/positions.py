@@ -98,7 +98,9 @@ class ResolvedPositions:
         inside = self.mask[:, offset : min(known, offset + width)]
         extra = offset + width - known
         if extra > 0:
-            tail = torch.full((self.mask.shape[0], extra), self.steer_generated, device=self.mask.device)
+            tail = torch.full(
+                (self.mask.shape[0], extra), self.steer_generated, device=self.mask.device
+            )
             inside = torch.cat([inside, tail], dim=1)
         return inside
 
@@ -116,7 +118,9 @@ class PositionSpec:
             return spec
         if not isinstance(spec, str):
             if not spec or not all(isinstance(i, int) for i in spec):
-                raise PositionSpecError(f"explicit positions must be a non-empty list of ints, not {spec!r}")
+                raise PositionSpecError(
+                    f"explicit positions must be a non-empty list of ints, not {spec!r}"
+                )
             return cls((_Part("idx", indices=tuple(sorted(set(spec)))),))
         if not spec.strip():
             raise PositionSpecError(f"empty position spec. Valid parts, joined with '+': {_FORMS}")
@@ -170,7 +174,9 @@ def _columns(part: _Part, b: int, cols: list[int], batch: TokenBatch) -> list[in
     if part.kind == "idx":
         bad = [i for i in part.indices if not -n <= i < n]
         if bad:
-            raise fail(f"indices {bad} are out of range; valid prompt-token indices are -{n}..{n - 1}")
+            raise fail(
+                f"indices {bad} are out of range; valid prompt-token indices are -{n}..{n - 1}"
+            )
         return [cols[i] for i in part.indices]
     spans = batch.role_spans[b].get(part.role, ()) if b < len(batch.role_spans) else ()
     if not spans:

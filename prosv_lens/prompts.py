@@ -53,7 +53,11 @@ class TokenBatch:
     texts: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        shapes = {tuple(self.input_ids.shape), tuple(self.attention_mask.shape), tuple(self.prompt_mask.shape)}
+        shapes = {
+            tuple(self.input_ids.shape),
+            tuple(self.attention_mask.shape),
+            tuple(self.prompt_mask.shape),
+        }
         if len(shapes) != 1:
             raise PromptError(f"TokenBatch tensors disagree in shape: {sorted(shapes)}")
         if bool((self.prompt_mask & ~self.attention_mask.bool()).any()):
@@ -162,7 +166,9 @@ def _encode_one(
         messages = [dict(m) for m in prompt]
         bad = [m for m in messages if set(m) < {"role", "content"} or m.get("role") is None]
         if not messages or bad:
-            raise PromptError(f"prompt {index}: a message list needs dicts with 'role' and 'content'")
+            raise PromptError(
+                f"prompt {index}: a message list needs dicts with 'role' and 'content'"
+            )
     if use_template:
         text, char_spans = _render_chat(tokenizer, messages, add_generation_prompt, index)
     else:
@@ -187,7 +193,9 @@ def _render_chat(
     if gen:
         base = _render(tokenizer, messages, False)
         if not text.startswith(base):
-            raise PromptError(f"prompt {index}: the chat template's generation prompt is not a suffix")
+            raise PromptError(
+                f"prompt {index}: the chat template's generation prompt is not a suffix"
+            )
         spans["assistant"].append((len(base), len(text)))
     cursor = 0
     if messages[0]["role"] != "system":
@@ -247,7 +255,9 @@ def _token_span(offsets: list[Span] | None, char_spans: list[Span]) -> tuple[Spa
 
 def _pad(rows: list[_Row], tokenizer: PreTrainedTokenizerBase, side: str) -> TokenBatch:
     width = max(len(r.ids) for r in rows)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     spans = []

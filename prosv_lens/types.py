@@ -1,7 +1,7 @@
 """Shared jaxtyping aliases, in TransformerLens axis vocabulary (``batch pos d_model``)."""
 
-from torch import Tensor
 from jaxtyping import Bool, Float, Int
+from torch import Tensor
 
 Tokens = Int[Tensor, "batch pos"]
 AttentionMask = Int[Tensor, "batch pos"]

@@ -57,7 +57,10 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
     """
     tensor_path, meta_path = _paths(path)
     tensor_path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"v": vector.v.detach().float().cpu().contiguous(), "alpha": vector.alpha.detach().float().cpu().reshape(())}
+    tensors = {
+        "v": vector.v.detach().float().cpu().contiguous(),
+        "alpha": vector.alpha.detach().float().cpu().reshape(()),
+    }
     _atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp))
     meta = {
         "format": FORMAT,
@@ -75,7 +78,9 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
         "tensors_file": tensor_path.name,
         "tensors_sha256": _sha256(tensor_path),
     }
-    _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+    _atomic_write(
+        meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str))
+    )
     return tensor_path
 
 
@@ -83,13 +88,19 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON provenance of a saved vector (no tensors loaded, no checks beyond parsing)."""
     _, meta_path = _paths(path)
     if not meta_path.exists():
-        raise VectorFileError(f"{meta_path} not found: a saved vector is a .safetensors + .json pair")
+        raise VectorFileError(
+            f"{meta_path} not found: a saved vector is a .safetensors + .json pair"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VectorFileError(f"{meta_path} is not valid JSON ({e}): the file is corrupt; re-save the vector") from e
+        raise VectorFileError(
+            f"{meta_path} is not valid JSON ({e}): the file is corrupt; re-save the vector"
+        ) from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise VectorFileError(f"{meta_path} is not a prosv-lens steering vector (format != {FORMAT!r})")
+        raise VectorFileError(
+            f"{meta_path} is not a prosv-lens steering vector (format != {FORMAT!r})"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
         raise VectorFileError(
             f"{meta_path} has format_version {meta.get('format_version')!r}; this prosv-lens "
@@ -124,7 +135,9 @@ def load_vector(
         tensors = load_file(str(tensor_path))
         v, alpha = tensors["v"], tensors["alpha"]
     except (SafetensorError, KeyError, OSError) as e:
-        raise VectorFileError(f"{tensor_path} is not a readable steering-vector tensor file: {e}") from e
+        raise VectorFileError(
+            f"{tensor_path} is not a readable steering-vector tensor file: {e}"
+        ) from e
     if v.ndim != 1 or v.shape[0] != meta["d_model"] or not bool(torch.isfinite(v).all()):
         raise VectorFileError(f"{tensor_path}: v has shape {tuple(v.shape)} or non-finite values")
     try:
@@ -144,7 +157,9 @@ def load_vector(
     return vector.to(model.device) if model is not None else vector
 
 
-def check_fits(vector: SteeringVector, model: LoadedModel, *, allow_model_mismatch: bool = False) -> None:
+def check_fits(
+    vector: SteeringVector, model: LoadedModel, *, allow_model_mismatch: bool = False
+) -> None:
     """Raise :class:`VectorMismatchError` if ``vector`` was made for a different model."""
     if vector.d_model != model.d_model:
         raise VectorMismatchError(

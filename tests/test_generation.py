@@ -7,7 +7,17 @@ from prosv_lens.positions import PositionSpec
 from prosv_lens.prompts import encode_prompts
 
 PROMPTS = ["Name three colors.", "Hi", "Write a haiku about autumn leaves."]
-SPECS = ["all", "prompt", "f2+l2", "f1", "l3", "idx:0,-1", "role:system", "role:user", "role:assistant"]
+SPECS = [
+    "all",
+    "prompt",
+    "f2+l2",
+    "f1",
+    "l3",
+    "idx:0,-1",
+    "role:system",
+    "role:user",
+    "role:assistant",
+]
 
 
 def _vector(model, spec, layer=1, alpha=4.0):
@@ -178,7 +188,9 @@ def test_seeded_sampling_is_reproducible(tiny):
 
 def test_top_p_keeps_only_the_nucleus(tiny):
     greedy = generate(tiny, PROMPTS, (), GenerationConfig(max_new_tokens=6))
-    tiny_nucleus = generate(tiny, PROMPTS, (), GenerationConfig(max_new_tokens=6, do_sample=True, top_p=1e-6, seed=1))
+    tiny_nucleus = generate(
+        tiny, PROMPTS, (), GenerationConfig(max_new_tokens=6, do_sample=True, top_p=1e-6, seed=1)
+    )
     assert torch.equal(greedy.tokens, tiny_nucleus.tokens)
 
 
@@ -194,7 +206,11 @@ def test_stops_at_end_of_turn_and_pads_after(tiny):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"max_new_tokens": 0}, "max_new_tokens"), ({"temperature": 0.0}, "temperature"), ({"top_p": 0.0}, "top_p")],
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+    ],
 )
 def test_bad_generation_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):

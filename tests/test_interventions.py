@@ -6,11 +6,23 @@ from prosv_lens.interventions import SteeringVector, active_hook_count, run_with
 from prosv_lens.prompts import encode_prompts
 
 PROMPTS = ["Name three colors.", "Hi", "Write a haiku about autumn leaves."]
-SPECS = ["all", "prompt", "f2+l2", "f1", "l3", "idx:0,-1", "role:system", "role:user", "role:assistant"]
+SPECS = [
+    "all",
+    "prompt",
+    "f2+l2",
+    "f1",
+    "l3",
+    "idx:0,-1",
+    "role:system",
+    "role:user",
+    "role:assistant",
+]
 
 
 def _forward(model, batch):
-    return model.bridge(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    return model.bridge(
+        batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    )
 
 
 def _resid_post(model, batch, vectors=()):
@@ -24,7 +36,10 @@ def _resid_post(model, batch, vectors=()):
         return grab
 
     names = [model.hook_name(layer) for layer in range(model.n_layers)]
-    with steering(model, vectors, batch), model.bridge.hooks(fwd_hooks=[(n, grabber(n)) for n in names]):
+    with (
+        steering(model, vectors, batch),
+        model.bridge.hooks(fwd_hooks=[(n, grabber(n)) for n in names]),
+    ):
         _forward(model, batch)
     return torch.stack([store[n] for n in names])
 
@@ -33,7 +48,9 @@ def _resid_post(model, batch, vectors=()):
 def test_zero_vector_is_bit_identical(tiny, spec):
     batch = encode_prompts(tiny, PROMPTS, padding_side="right")
     base = _forward(tiny, batch)
-    steered = run_with_steering(tiny, SteeringVector.zeros(tiny.d_model, layer=1, positions=spec), batch)
+    steered = run_with_steering(
+        tiny, SteeringVector.zeros(tiny.d_model, layer=1, positions=spec), batch
+    )
     assert torch.equal(base, steered)
 
 
@@ -49,7 +66,11 @@ def test_edit_is_local_to_its_positions_and_causal(tiny, side, spec):
     assert torch.equal(base[:layer], steered[:layer])
     # Layer L: exactly +alpha*v at the spec's positions, bit-identical everywhere else.
     assert torch.equal(base[layer][~mask], steered[layer][~mask])
-    assert torch.allclose(steered[layer][mask] - base[layer][mask], sv.delta.detach().expand(int(mask.sum()), -1), atol=1e-5)
+    assert torch.allclose(
+        steered[layer][mask] - base[layer][mask],
+        sv.delta.detach().expand(int(mask.sum()), -1),
+        atol=1e-5,
+    )
     # Every layer: real tokens before each row's first steered column are unchanged (padding
     # columns compute garbage that no real token reads, so they are not compared).
     for b in range(batch.batch_size):
@@ -66,11 +87,17 @@ def test_vectors_compose_additively(tiny):
     a = SteeringVector(v1, layer=1, positions="f2+l2", alpha=2.0)
     b = SteeringVector(v2, layer=1, positions="f2+l2", alpha=0.5)
     both = run_with_steering(tiny, [a, b], batch)
-    summed = run_with_steering(tiny, SteeringVector(2.0 * v1 + 0.5 * v2, layer=1, positions="f2+l2"), batch)
+    summed = run_with_steering(
+        tiny, SteeringVector(2.0 * v1 + 0.5 * v2, layer=1, positions="f2+l2"), batch
+    )
     assert torch.allclose(both, summed, atol=1e-5)
     c = SteeringVector(v2, layer=2, positions="all")
-    assert torch.equal(run_with_steering(tiny, [a, c], batch), run_with_steering(tiny, [c, a], batch))
-    assert not torch.allclose(run_with_steering(tiny, [a, c], batch), run_with_steering(tiny, a, batch))
+    assert torch.equal(
+        run_with_steering(tiny, [a, c], batch), run_with_steering(tiny, [c, a], batch)
+    )
+    assert not torch.allclose(
+        run_with_steering(tiny, [a, c], batch), run_with_steering(tiny, a, batch)
+    )
 
 
 def test_hooks_are_removed_when_the_body_raises(tiny):

@@ -86,5 +86,9 @@ def test_incomplete_cache_is_set_aside_and_rebuilt(monkeypatch, tmp_path):
     out = convert_embedded("smollm2-135m-instruct", tmp_path)
     assert calls == ["smollm2-135m-instruct"]
     assert (out / models._COMPLETE_MARKER).exists()
-    assert any(p.name.startswith(".smollm2-135m-instruct.incomplete-") for p in target.parent.iterdir())
-    assert convert_embedded("smollm2-135m-instruct", tmp_path) == out and calls == ["smollm2-135m-instruct"]
+    assert any(
+        p.name.startswith(".smollm2-135m-instruct.incomplete-") for p in target.parent.iterdir()
+    )
+    assert convert_embedded("smollm2-135m-instruct", tmp_path) == out and calls == [
+        "smollm2-135m-instruct"
+    ]

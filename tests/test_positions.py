@@ -81,8 +81,12 @@ def test_union_of_role_and_first(tiny):
 
 
 def test_too_short_prompt_names_the_example(tiny):
-    batch = encode_prompts(tiny, ["A much longer prompt than the other one", "Hi"], chat_template=False)
-    with pytest.raises(PositionSpecError, match=r"example 1 \(2 prompt tokens, text 'Hi'\).*'f5' needs at least 5"):
+    batch = encode_prompts(
+        tiny, ["A much longer prompt than the other one", "Hi"], chat_template=False
+    )
+    with pytest.raises(
+        PositionSpecError, match=r"example 1 \(2 prompt tokens, text 'Hi'\).*'f5' needs at least 5"
+    ):
         PositionSpec.parse("f5").resolve(batch)
     with pytest.raises(PositionSpecError, match=r"example 1.*indices \[7\] are out of range"):
         PositionSpec.parse("idx:7").resolve(batch)

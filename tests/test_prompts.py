@@ -12,7 +12,10 @@ def test_single_bos_and_chat_template(tiny):
     ids = b.input_ids[0].tolist()
     bos = tiny.tokenizer.bos_token_id
     assert ids[0] == bos and ids[1] != bos
-    assert b.texts[0] == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        b.texts[0]
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert tiny.tokenizer.decode(ids) == b.texts[0]
 
 
@@ -41,7 +44,10 @@ def test_padded_rows_compute_what_they_compute_alone(tiny, side):
 
 def _span_texts(model, batch, i):
     ids = batch.input_ids[i]
-    return {r: [model.tokenizer.decode(ids[s:e]) for s, e in spans] for r, spans in batch.role_spans[i].items()}
+    return {
+        r: [model.tokenizer.decode(ids[s:e]) for s, e in spans]
+        for r, spans in batch.role_spans[i].items()
+    }
 
 
 def test_role_spans_default_and_explicit_system(tiny):
@@ -76,7 +82,11 @@ def test_plain_text_without_chat_template(tiny):
         ([], {}, "no prompts"),
         (["ok", ""], {}, "prompt 1 is empty"),
         (["ok"], {"padding_side": "middle"}, "padding_side"),
-        ([[{"role": "user", "content": "x"}]], {"chat_template": False}, "no chat template is in use"),
+        (
+            [[{"role": "user", "content": "x"}]],
+            {"chat_template": False},
+            "no chat template is in use",
+        ),
         ([[{"content": "x"}]], {}, "'role' and 'content'"),
     ],
 )

@@ -22,14 +22,21 @@ def test_round_trip_keeps_everything(tiny, tmp_path):
     sv = _vector(tiny)
     path = save_vector(sv, tmp_path / "vec")
     assert path.name == "vec.safetensors" and (tmp_path / "vec.json").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vec.json", "vec.safetensors"]  # no temp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "vec.json",
+        "vec.safetensors",
+    ]  # no temp files
     meta = read_metadata(tmp_path / "vec.json")
     assert meta["hook_name"] == "blocks.1.hook_resid_post" and meta["positions"] == "f2+l2"
     assert meta["d_model"] == 32 and meta["model_id"] == tiny.model_id
     assert meta["package_version"] and meta["chat_template_hash"] == tiny.chat_template_hash
     back = load_vector(tmp_path / "vec", tiny)
     assert torch.equal(back.v, sv.v) and torch.equal(back.alpha, sv.alpha)
-    assert (back.layer, str(back.positions), back.info) == (1, "f2+l2", {"method": "test", "steps": 3})
+    assert (back.layer, str(back.positions), back.info) == (
+        1,
+        "f2+l2",
+        {"method": "test", "steps": 3},
+    )
     batch = encode_prompts(tiny, ["Hi"])
     assert torch.equal(run_with_steering(tiny, back, batch), run_with_steering(tiny, sv, batch))
 
@@ -54,7 +61,10 @@ def test_other_chat_template_rejected_for_prompt_only_vectors(tiny, tmp_path):
     save_vector(_vector(tiny).replace(chat_template_hash="0123456789abcdef"), tmp_path / "p")
     with pytest.raises(VectorMismatchError, match="chat template 0123456789abcdef"):
         load_vector(tmp_path / "p", tiny)
-    save_vector(_vector(tiny, positions="all").replace(chat_template_hash="0123456789abcdef"), tmp_path / "f")
+    save_vector(
+        _vector(tiny, positions="all").replace(chat_template_hash="0123456789abcdef"),
+        tmp_path / "f",
+    )
     assert str(load_vector(tmp_path / "f", tiny).positions) == "all"  # FSSV positions don't move
 
 

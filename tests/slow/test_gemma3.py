@@ -1,0 +1,41 @@
+"""Real-model tests on the embedded Gemma-3-270m base (no chat template; slow: converts once)."""
+
+import pytest
+import torch
+
+from prosv_lens.errors import PositionSpecError
+from prosv_lens.generation import GenerationConfig, check_cache_equivalence, generate
+from prosv_lens.interventions import SteeringVector
+from prosv_lens.positions import PositionSpec
+from prosv_lens.prompts import encode_prompts
+
+pytestmark = pytest.mark.slow
+PROMPTS = ["The capital of France is", "Three primary colors are"]
+
+
+def test_plain_prompts_get_one_bos_and_no_chat_roles(gemma64):
+    assert not gemma64.has_chat_template and gemma64.chat_template_hash == "none"
+    batch = encode_prompts(gemma64, PROMPTS, padding_side="left")
+    for i in range(2):
+        real = batch.input_ids[i, batch.attention_mask[i].bool()].tolist()
+        assert real[0] == 2 and real[1] != 2  # <bos> exactly once
+    with pytest.raises(PositionSpecError, match="no 'system' role span"):
+        PositionSpec.parse("role:system").resolve(batch)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_cached_equals_uncached_on_gemma3(gemma64, side, finite_fp64_patterns):
+    finite_fp64_patterns(gemma64)
+    batch = encode_prompts(gemma64, PROMPTS, padding_side=side)
+    v = torch.randn(gemma64.d_model, generator=torch.Generator().manual_seed(0))
+    plain = generate(
+        gemma64, batch, (), GenerationConfig(max_new_tokens=1), record_logits=True
+    ).step_logits
+    for spec in ["f2+l2", "all", "role:user"]:
+        sv = SteeringVector(v / v.norm(), layer=7, positions=spec, alpha=20000.0)
+        report = check_cache_equivalence(gemma64, batch, sv, max_new_tokens=4)
+        assert report.tokens_equal and report.max_abs_diff <= 1e-4, (spec, report)
+        steered = generate(
+            gemma64, batch, sv, GenerationConfig(max_new_tokens=1), record_logits=True
+        ).step_logits
+        assert (steered - plain).abs().max() > 1.0, spec

@@ -1,0 +1,107 @@
+"""Real-model tests on the embedded SmolLM2-135M-Instruct (slow: ~1-2 min in all on 2 CPU cores)."""
+
+import pytest
+import torch
+
+from prosv_lens.cli import main
+from prosv_lens.generation import GenerationConfig, check_cache_equivalence, generate
+from prosv_lens.interventions import SteeringVector, run_with_steering
+from prosv_lens.positions import PositionSpec
+from prosv_lens.prompts import encode_prompts
+from prosv_lens.vector_io import load_vector
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["Name three colors.", "Hi", "Write a haiku about autumn leaves."]
+SPECS = [
+    "all",
+    "prompt",
+    "f2+l2",
+    "f4",
+    "l4",
+    "f4+l4",
+    "idx:0,-1",
+    "role:system",
+    "role:user",
+    "role:assistant",
+]
+SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+def _decoded(model, batch, spec, row=0):
+    mask = PositionSpec.parse(spec).resolve(batch).mask[row]
+    return [model.tokenizer.decode([t]) for t in batch.input_ids[row, mask].tolist()]
+
+
+def test_chat_template_positions_decode_to_the_intended_tokens(smol):
+    batch = encode_prompts(smol, ["Name three colors."], padding_side="left")
+    ids = batch.input_ids[0].tolist()
+    assert ids[:2] == [1, 9690]  # one <|im_start|> (BOS), then 'system': no doubled BOS
+    assert _decoded(smol, batch, "f2+l2") == ["<|im_start|>", "system", "istant", "\n"]
+    assert "".join(_decoded(smol, batch, "role:system")) == SYSTEM
+    assert "".join(_decoded(smol, batch, "role:user")) == "Name three colors."
+    assert "".join(_decoded(smol, batch, "role:assistant")) == "<|im_start|>assistant\n"
+    custom = encode_prompts(smol, ["Hi"], system="Answer in French.", padding_side="right")
+    assert "".join(_decoded(smol, custom, "role:system")) == "Answer in French."
+    assert "".join(_decoded(smol, custom, "role:user")) == "Hi"
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_rows_match_single_rows(smol, side):
+    batch = encode_prompts(smol, PROMPTS, padding_side=side)
+    sv = SteeringVector(torch.randn(smol.d_model), layer=12, positions="f2+l2", alpha=300.0)
+    logits = run_with_steering(smol, sv, batch)
+    for i, p in enumerate(PROMPTS):
+        alone = run_with_steering(smol, sv, encode_prompts(smol, [p]))[0]
+        assert (logits[i, batch.attention_mask[i].bool()] - alone).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_cached_equals_uncached_for_every_spec_in_float64(smol64, side, finite_fp64_patterns):
+    """Float64 removes most fp32 reduction-order noise (~5e-5 here, the same with no vector),
+    so 1e-4 tests the steering logic itself; the vector moves logits by > 1 at every spec."""
+    finite_fp64_patterns(smol64)
+    batch = encode_prompts(smol64, PROMPTS, padding_side=side)
+    v = torch.randn(smol64.d_model, generator=torch.Generator().manual_seed(0))
+    plain = generate(
+        smol64, batch, (), GenerationConfig(max_new_tokens=1), record_logits=True
+    ).step_logits
+    for spec in SPECS:
+        sv = SteeringVector(v / v.norm(), layer=12, positions=spec, alpha=400.0)
+        report = check_cache_equivalence(smol64, batch, sv, max_new_tokens=5)
+        assert report.tokens_equal and report.max_abs_diff <= 1e-4, (spec, report)
+        steered = generate(
+            smol64, batch, sv, GenerationConfig(max_new_tokens=1), record_logits=True
+        ).step_logits
+        assert (steered - plain).abs().max() > 1.0, spec
+
+
+def test_cached_equals_uncached_in_float32_at_float32_noise(smol):
+    batch = encode_prompts(smol, PROMPTS, padding_side="left")
+    sv = SteeringVector(torch.randn(smol.d_model), layer=12, positions="f2+l2", alpha=20.0)
+    steered = check_cache_equivalence(smol, batch, sv, max_new_tokens=5)
+    unsteered = check_cache_equivalence(smol, batch, (), max_new_tokens=5)
+    assert steered.tokens_equal and unsteered.tokens_equal
+    assert steered.max_abs_diff <= 3e-4 and unsteered.max_abs_diff <= 3e-4
+
+
+def test_generation_stops_at_end_of_turn(smol):
+    out = generate(
+        smol, ["What is the capital of France?"], (), GenerationConfig(max_new_tokens=40)
+    )
+    assert out.texts[0].strip() == "The capital of France is Paris."
+    assert out.lengths[0] < 40 and int(out.tokens[0, out.lengths[0] - 1]) == 2  # <|im_end|>
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--max-new-tokens", "6", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| instruction | unsteered | PrOSV f2+l2 | FSSV all |" in out
+    run = next(tmp_path.glob("demo-*"))
+    prosv = load_vector(run / "prosv")
+    assert (
+        str(prosv.positions) == "f2+l2"
+        and prosv.layer == 12
+        and prosv.model_id == "smollm2-135m-instruct"
+    )
+    assert str(load_vector(run / "fssv").positions) == "all"

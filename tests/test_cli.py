@@ -1,0 +1,99 @@
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from prosv_lens.cli import main
+from prosv_lens.interventions import SteeringVector
+from prosv_lens.models import make_tiny_model
+from prosv_lens.vector_io import save_vector
+
+
+def test_console_script_help_lists_subcommands():
+    exe = shutil.which("prosv")
+    assert exe, "the prosv console script is not installed"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    for cmd in ("demo", "positions", "generate", "check-cache", "inspect", "models"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize(
+    "cmd", ["demo", "positions", "generate", "check-cache", "inspect", "models"]
+)
+def test_every_subcommand_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0 and "usage: prosv " + cmd in capsys.readouterr().out
+
+
+def test_positions_shows_selected_tokens(capsys):
+    assert main(["positions", "--model", "tiny", "Hi", "--spec", "f2+l2", "role:user"]) == 0
+    out = capsys.readouterr().out
+    assert "spec f2+l2  (prompt-only)" in out and "0:'<|im_start|>', 1:'s'" in out
+    assert "spec role:user" in out and ":'H', " in out
+
+
+def test_bad_spec_is_a_one_line_error_not_a_traceback(capsys):
+    assert main(["positions", "--model", "tiny", "Hi", "--spec", "f2+banana"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("prosv positions: error: cannot parse 'banana'") and "Traceback" not in err
+    )
+
+
+def test_check_cache_passes_on_tiny(capsys):
+    assert (
+        main(
+            [
+                "check-cache",
+                "--model",
+                "tiny",
+                "--spec",
+                "f2+l2",
+                "all",
+                "--layer",
+                "1",
+                "--alpha",
+                "4",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count(" ok") == 4 and "FAIL" not in out
+
+
+def test_generate_with_a_saved_vector_and_inspect(tmp_path, capsys):
+    tiny = make_tiny_model()
+    sv = SteeringVector(torch.randn(tiny.d_model), layer=1, alpha=3.0, model_id=tiny.model_id,
+                        chat_template_hash=tiny.chat_template_hash)  # fmt: skip
+    save_vector(sv, tmp_path / "v")
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                "tiny",
+                "Hi",
+                "--vector",
+                str(tmp_path / "v"),
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert "### Hi" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "v.safetensors")]) == 0
+    assert '"positions": "f2+l2"' in capsys.readouterr().out
+    (tmp_path / "v.safetensors").write_bytes(b"garbage")
+    assert main(["inspect", str(tmp_path / "v")]) == 2
+    assert "sha256" in capsys.readouterr().err
+
+
+def test_models_lists_embedded_models(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m-instruct" in out and "gemma-3-270m" in out
+    assert main(["models", "--convert", "nope"]) == 2
