@@ -61,7 +61,9 @@ def main() -> None:
         return (out.shape[1] - batch.n_pos) * batch.batch_size
 
     generate(model, batch, (), GenerationConfig(max_new_tokens=4))  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in [*conditions, "TL bridge.generate (unsteered)"]}
+    times: dict[str, list[float]] = {
+        name: [] for name in [*conditions, "TL bridge.generate (unsteered)"]
+    }
     names = list(times)
     tokens = {}
     for r in range(args.rounds):
@@ -84,7 +86,9 @@ def main() -> None:
     print("|---|---|---|---|")
     for name in names:
         per_token = statistics.median(times[name]) / tokens[name]
-        print(f"| {name} | {1 / per_token:.1f} | {per_token * 1e3:.2f} ms | {per_token / base:.3f}x |")
+        print(
+            f"| {name} | {1 / per_token:.1f} | {per_token * 1e3:.2f} ms | {per_token / base:.3f}x |"
+        )
 
 
 if __name__ == "__main__":

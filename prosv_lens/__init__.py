@@ -1,3 +1,82 @@
-"""prosv-lens: train, run and understand prompt-only steering vectors with TransformerLens."""
+"""prosv-lens: train, run and understand prompt-only steering vectors with TransformerLens.
 
-__version__ = "0.1.0"
+Pipeline (each stage imports only from earlier ones)::
+
+    load_model -> encode_prompts -> PositionSpec -> SteeringVector / steering()
+               -> save_vector / load_vector -> mean_difference -> generate()
+"""
+
+from prosv_lens._version import __version__
+from prosv_lens.directions import MeanDifference, mean_difference
+from prosv_lens.errors import (
+    ModelLoadError,
+    PositionSpecError,
+    PromptError,
+    ProsvError,
+    SteeringStateError,
+    VectorFileError,
+    VectorMismatchError,
+)
+from prosv_lens.generation import (
+    CacheEquivalence,
+    Generation,
+    GenerationConfig,
+    check_cache_equivalence,
+    generate,
+)
+from prosv_lens.interventions import (
+    AbstractIntervention,
+    DecodeState,
+    SteeringVector,
+    active_hook_count,
+    run_with_steering,
+    steering,
+)
+from prosv_lens.models import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    hook_name,
+    load_model,
+    make_tiny_model,
+)
+from prosv_lens.positions import FSSV, PROSV_DEFAULT, PositionSpec, ResolvedPositions
+from prosv_lens.prompts import TokenBatch, encode_prompts
+from prosv_lens.vector_io import load_vector, read_metadata, save_vector
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "FSSV",
+    "PROSV_DEFAULT",
+    "AbstractIntervention",
+    "CacheEquivalence",
+    "DecodeState",
+    "Generation",
+    "GenerationConfig",
+    "LoadedModel",
+    "MeanDifference",
+    "ModelLoadError",
+    "PositionSpec",
+    "PositionSpecError",
+    "PromptError",
+    "ProsvError",
+    "ResolvedPositions",
+    "SteeringStateError",
+    "SteeringVector",
+    "TokenBatch",
+    "VectorFileError",
+    "VectorMismatchError",
+    "__version__",
+    "active_hook_count",
+    "check_cache_equivalence",
+    "encode_prompts",
+    "generate",
+    "hook_name",
+    "load_model",
+    "load_vector",
+    "make_tiny_model",
+    "mean_difference",
+    "read_metadata",
+    "run_with_steering",
+    "save_vector",
+    "steering",
+]

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from prosv_lens import __version__
+from prosv_lens._version import __version__
 from prosv_lens.errors import ProsvError
 
 

@@ -133,6 +133,9 @@ def generate(
     last = (mask * torch.arange(n_prompt, device=mask.device)).argmax(dim=1)
     positions = batch.position_ids
     next_pos = positions.gather(1, last[:, None]) + 1  # position id of each row's next token
+    # Logits only where they are needed (exact): the last column, unless right padding puts some
+    # rows' last prompt token earlier (logits_to_keep=0 means every column).
+    keep_prefill = 1 if bool((last == n_prompt - 1).all()) else 0
     finished = torch.zeros(rows, dtype=torch.bool, device=model.device)
     lengths = torch.zeros(rows, dtype=torch.long, device=model.device)
     out, logits_out = [], []
@@ -143,10 +146,10 @@ def generate(
             if step == 0:
                 state.offset = 0
                 logits, cache = model.bridge(
-                    ids, attention_mask=mask, position_ids=positions,
+                    ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep_prefill,
                     return_type="logits_and_cache", use_cache=cfg.use_cache,
                 )  # fmt: skip
-                next_logits = logits[torch.arange(rows), last]
+                next_logits = logits[:, -1] if keep_prefill else logits[torch.arange(rows), last]
             elif cfg.use_cache:
                 state.offset = n_prompt + step - 1
                 logits, cache = model.bridge(
@@ -156,7 +159,9 @@ def generate(
                 next_logits = logits[:, -1]
             else:
                 state.offset = 0
-                logits = model.bridge(ids, attention_mask=mask, position_ids=positions)
+                logits = model.bridge(
+                    ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+                )
                 next_logits = logits[:, -1]
             if record_logits:
                 logits_out.append(next_logits.float().cpu())

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from prosv_lens import __version__
+from prosv_lens._version import __version__
 from prosv_lens.errors import PositionSpecError, VectorFileError, VectorMismatchError
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import LoadedModel
