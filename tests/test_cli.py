@@ -1,5 +1,7 @@
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ from prosv_lens.vector_io import save_vector
 
 
 def test_console_script_help_lists_subcommands():
-    exe = shutil.which("prosv")
+    beside = Path(sys.executable).with_name("prosv")  # the venv's bin/, even when not on PATH
+    exe = str(beside) if beside.exists() else shutil.which("prosv")
     assert exe, "the prosv console script is not installed"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     for cmd in ("demo", "positions", "generate", "check-cache", "inspect", "models"):
