@@ -27,3 +27,7 @@ class VectorFileError(ProsvError):
 
 class SteeringStateError(ProsvError, RuntimeError):
     """A steering hook saw a forward pass it was not prepared for."""
+
+
+class TrainingDivergedError(ProsvError, FloatingPointError):
+    """A loss or gradient became NaN/inf or exploded during training."""

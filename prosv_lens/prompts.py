@@ -77,6 +77,11 @@ class TokenBatch:
         return position_ids_from_mask(self.attention_mask)
 
     @property
+    def response_mask(self) -> PosMask:
+        """True at real tokens that are not prompt tokens (teacher-forced responses)."""
+        return self.attention_mask.bool() & ~self.prompt_mask
+
+    @property
     def prompt_lengths(self) -> list[int]:
         return self.prompt_mask.sum(dim=1).tolist()
 
@@ -103,8 +108,10 @@ def encode_prompts(
     padding_side: str = "left",
     chat_template: bool | None = None,
     add_generation_prompt: bool = True,
+    responses: Sequence[str] | None = None,
+    max_response_tokens: int | None = None,
 ) -> TokenBatch:
-    """Render and tokenise prompts into a padded batch.
+    """Render and tokenise prompts (optionally followed by responses) into a padded batch.
 
     Args:
         model: a :class:`LoadedModel` or a Hugging Face tokenizer.
@@ -113,6 +120,9 @@ def encode_prompts(
         padding_side: ``"left"`` (the usual choice for generation) or ``"right"``.
         chat_template: render with the chat template; ``None`` means "if the tokenizer has one".
         add_generation_prompt: append the assistant prefix (the generation prompt).
+        responses: teacher-forced responses appended after each prompt (raw, no end-of-turn
+            token, as AxBench trains); their tokens are real but not prompt tokens.
+        max_response_tokens: truncate each response to this many tokens.
 
     Returns:
         A :class:`TokenBatch` on the CPU (move it with ``.to(device)``).
@@ -138,6 +148,13 @@ def encode_prompts(
         _encode_one(tokenizer, p, i, system, use_template, add_generation_prompt)
         for i, p in enumerate(prompts)
     ]
+    if responses is not None:
+        if len(responses) != len(rows):
+            raise PromptError(f"{len(responses)} responses for {len(rows)} prompts")
+        rows = [
+            _append(tokenizer, r, resp, i, max_response_tokens)
+            for i, (r, resp) in enumerate(zip(rows, responses, strict=True))
+        ]
     return _pad(rows, tokenizer, padding_side)
 
 
@@ -146,6 +163,16 @@ class _Row:
     ids: list[int]
     spans: dict[str, tuple[Span, ...]]
     text: str
+    n_prompt: int = -1  # -1: every token is a prompt token
+
+
+def _append(
+    tokenizer: PreTrainedTokenizerBase, row: _Row, response: str, index: int, limit: int | None
+) -> _Row:
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"][:limit]
+    if not ids:
+        raise PromptError(f"response {index} is empty (after truncation to {limit} tokens)")
+    return _Row(row.ids + list(ids), row.spans, row.text, n_prompt=len(row.ids))
 
 
 def _encode_one(
@@ -266,4 +293,9 @@ def _pad(rows: list[_Row], tokenizer: PreTrainedTokenizerBase, side: str) -> Tok
         ids[i, shift : shift + len(r.ids)] = torch.tensor(r.ids)
         mask[i, shift : shift + len(r.ids)] = 1
         spans.append({k: tuple((s + shift, e + shift) for s, e in v) for k, v in r.spans.items()})
-    return TokenBatch(ids, mask, mask.bool(), tuple(spans), tuple(r.text for r in rows))
+    prompt = mask.bool().clone()
+    for i, r in enumerate(rows):
+        if r.n_prompt >= 0:
+            start = width - len(r.ids) if side == "left" else 0
+            prompt[i, start + r.n_prompt :] = False
+    return TokenBatch(ids, mask, prompt, tuple(spans), tuple(r.text for r in rows))

@@ -1,0 +1,105 @@
+"""Training settings: one frozen config, with the paper's presets for PrOSV and FSSV.
+
+Defaults follow the scaling rules of the paper (``alpha0 = beta * sqrt(d_model)``,
+``v_i ~ U(-c/sqrt(d_model), c/sqrt(d_model))``, Adam with separate learning rates for ``v`` and
+``alpha``, no weight decay, linear decay to 0 without warm-up, gradient-norm clipping on ``v``
+only). The presets are the paper's settings for Gemma-2-2B-it layer 10 (Lang. objective):
+
+* PrOSV (``f2+l2``): beta 4, lr_alpha 10, c 8, lr_v 4e-2, 12 epochs, batch 12;
+* FSSV (``all``): beta 2, lr_alpha 1, c 1, lr_v 4e-2, 12 epochs, batch 12.
+"""
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from prosv_lens.positions import PositionSpec
+from prosv_lens.training.objectives import OBJECTIVES
+
+VARIANTS = ("joint", "unit", "fixed_alpha")
+OPTIMIZERS = ("adam", "sgd")
+PATHS = ("fast", "full")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one steering vector per concept.
+
+    Attributes:
+        layer: block whose output (``hook_resid_post``) is steered.
+        positions: position spec (``f2+l2`` PrOSV, ``all`` FSSV, ...).
+        objective: ``lang`` (LM on responses) or ``simpo`` (preference vs neutral responses).
+        beta: factor init scale, ``alpha0 = beta * sqrt(d_model)``.
+        c: direction init scale, ``v_i ~ U(-c/sqrt(d_model), c/sqrt(d_model))``.
+        lr_v, lr_alpha: learning rates of the two parameter groups.
+        epochs, batch_size: passes over each concept's data and examples per step per concept.
+        variant: ``joint`` (the paper), ``unit`` (v renormalised to unit norm each step), or
+            ``fixed_alpha`` (alpha = 1, never trained: the paper's "unusable" ablation).
+        optimizer: ``adam`` (the paper) or ``sgd`` (ablation).
+        clip_v: gradient-norm clip applied to ``v`` only (``None``: no clipping).
+        seed: seeds initialisation and data order (per concept, by concept name).
+        max_response_tokens: responses are truncated to this many tokens (AxBench: 128).
+        path: ``fast`` (cached residual, blocks above L) or ``full`` (reference: whole model).
+    """
+
+    layer: int
+    positions: str = "f2+l2"
+    objective: str = "lang"
+    beta: float = 4.0
+    c: float = 8.0
+    lr_v: float = 4e-2
+    lr_alpha: float = 10.0
+    epochs: int = 12
+    batch_size: int = 12
+    variant: str = "joint"
+    optimizer: str = "adam"
+    clip_v: float | None = 1.0
+    seed: int = 42
+    max_response_tokens: int | None = 128
+    path: str = "fast"
+
+    def __post_init__(self) -> None:
+        PositionSpec.parse(self.positions)  # raises PositionSpecError on a bad spec
+        checks = [
+            (isinstance(self.layer, int) and self.layer >= 0, f"layer must be an int >= 0, got {self.layer!r}"),
+            (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}"),
+            (self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
+            (self.path in PATHS, f"path must be one of {PATHS}, got {self.path!r}"),
+            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+            (all(math.isfinite(x) and x > 0 for x in (self.beta, self.c, self.lr_v, self.lr_alpha)),
+             "beta, c, lr_v and lr_alpha must be finite and > 0"),
+            (self.clip_v is None or self.clip_v > 0, f"clip_v must be > 0 or None, got {self.clip_v}"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"bad TrainConfig: {message}")
+
+    @classmethod
+    def prosv(cls, layer: int, **overrides: Any) -> "TrainConfig":
+        """The paper's PrOSV preset (f2+l2; beta 4, lr_alpha 10, c 8, lr_v 4e-2)."""
+        return cls(
+            layer=layer,
+            **{"positions": "f2+l2", "beta": 4.0, "lr_alpha": 10.0, "c": 8.0, **overrides},
+        )
+
+    @classmethod
+    def fssv(cls, layer: int, **overrides: Any) -> "TrainConfig":
+        """The paper's FSSV preset (all; beta 2, lr_alpha 1, c 1, lr_v 4e-2)."""
+        return cls(
+            layer=layer, **{"positions": "all", "beta": 2.0, "lr_alpha": 1.0, "c": 1.0, **overrides}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return replace(self, **changes)

@@ -1,0 +1,190 @@
+"""The exact fast path for training a steering vector at layer ``L``.
+
+The model is frozen and the edit sits at ``blocks.{L}.hook_resid_post``, so nothing at or below
+block ``L`` changes while the vector trains. Hence, exactly:
+
+1. **Cache the residual once.** ``resid_post[L]`` of every training sequence is computed once
+   (only blocks ``0..L`` run) and reused every epoch (:class:`ResidualCache`; it is memory-mapped
+   on disk when it would exceed a memory budget).
+2. **Run only the blocks above L.** Each step adds ``alpha * v`` to the cached residual at the
+   steered positions and runs blocks ``L+1..`` plus the final norm (:class:`UpperStack`), by
+   calling the model's own decoder with its layer list temporarily cut to ``[L+1:]`` (rotary
+   positions come from ``position_ids``, masks from ``attention_mask``; Gemma-3's per-layer
+   sliding/full types are cut along).
+3. **Logits only where the loss needs them**: the unembedding runs on response positions only.
+
+No gradient is built for any weight (all have ``requires_grad=False``); autograd reaches only
+``alpha`` and ``v``. ``tests/test_training.py`` proves loss and gradients equal the plain
+full-model hook path.
+"""
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from prosv_lens.models import LoadedModel
+from prosv_lens.prompts import TokenBatch
+from prosv_lens.types import AttentionMask, Resid, Tokens
+
+
+@dataclass
+class ResidualCache:
+    """``resid_post[L]`` of each example's real tokens, concatenated ``[total_tokens, d_model]``.
+
+    Attributes:
+        layer: the layer the residual was taken after.
+        lengths: real-token count of each example (right-padded rows: the first ``n`` columns).
+        storage: a tensor in memory or a view of a memory-mapped file.
+        path: the backing file when memory-mapped, else ``None``.
+    """
+
+    layer: int
+    lengths: list[int]
+    storage: torch.Tensor
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).tolist()
+
+    @property
+    def nbytes(self) -> int:
+        return self.storage.numel() * self.storage.element_size()
+
+    def padded(self, indices: Sequence[int], width: int, device: torch.device) -> Resid:
+        """The residuals of ``indices`` as a right-padded ``[len(indices), width, d_model]``."""
+        out = torch.zeros(len(indices), width, self.storage.shape[1], dtype=self.storage.dtype)
+        for row, i in enumerate(indices):
+            n = self.lengths[i]
+            out[row, :n] = self.storage[self.offsets[i] : self.offsets[i] + n]
+        return out.to(device)
+
+
+def build_residual_cache(
+    model: LoadedModel,
+    batch: TokenBatch,
+    layer: int,
+    *,
+    chunk: int = 8,
+    memory_budget_bytes: int = 2 << 30,
+    spill_dir: str | Path | None = None,
+    progress: bool = False,
+) -> ResidualCache:
+    """Run blocks ``0..layer`` once over a right-padded batch and keep ``resid_post[layer]``.
+
+    Args:
+        model: the frozen model.
+        batch: every training sequence, right-padded (``encode_prompts(..., responses=...)``).
+        layer: the steering layer.
+        chunk: sequences per forward pass.
+        memory_budget_bytes: above this the cache is written to a memory-mapped file instead.
+        spill_dir: folder for that file (default: the system temp folder).
+        progress: show a tqdm bar.
+    """
+    if bool((batch.attention_mask[:, :-1] < batch.attention_mask[:, 1:]).any()):
+        raise ValueError("build_residual_cache needs a right-padded batch (padding_side='right')")
+    hook = model.hook_name(layer)
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    total, d = sum(lengths), model.d_model
+    path = None
+    if total * d * 4 > memory_budget_bytes:
+        fd, name = tempfile.mkstemp(prefix=f"prosv-resid-L{layer}-", suffix=".f32", dir=spill_dir)
+        path = Path(name)
+        os.close(fd)
+        storage = torch.from_numpy(np.memmap(path, dtype=np.float32, mode="w+", shape=(total, d)))
+    else:
+        storage = torch.empty(total, d, dtype=torch.float32)
+    grabbed: dict[str, torch.Tensor] = {}
+
+    def grab(resid: Resid, hook: object) -> None:  # noqa: ARG001 - TL hook signature
+        grabbed["resid"] = resid.detach()
+
+    cursor = 0
+    batch = batch.to(model.device)
+    starts = range(0, batch.batch_size, chunk)
+    with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(hook, grab)]):
+        for s in tqdm(starts, disable=not progress, desc=f"caching resid_post[{layer}]"):
+            rows = slice(s, s + chunk)
+            mask = batch.attention_mask[rows]
+            model.bridge(
+                batch.input_ids[rows],
+                attention_mask=mask,
+                position_ids=batch.position_ids[rows],
+                stop_at_layer=layer + 1,
+            )
+            for r in range(mask.shape[0]):
+                n = int(mask[r].sum())
+                storage[cursor : cursor + n] = grabbed["resid"][r, :n].float().cpu()
+                cursor += n
+    return ResidualCache(layer, lengths, storage, path)
+
+
+class UpperStack:
+    """Blocks ``layer+1 ..``, the final norm and the unembedding of a loaded model.
+
+    Calls the model's own Hugging Face decoder with ``inputs_embeds`` = the residual after block
+    ``layer`` and the decoder's layer list temporarily cut to ``[layer+1:]`` (restored on exit,
+    also on error). Requires a decoder whose ``inputs_embeds`` enter the first layer unchanged
+    (Llama, Gemma-3: Gemma's embedding scale lives inside its embedding module).
+    """
+
+    def __init__(self, model: LoadedModel, layer: int) -> None:
+        model.hook_name(layer)  # validates the layer
+        hf = model.bridge.original_model
+        self.decoder = hf.get_decoder()
+        self.head = hf.get_output_embeddings()
+        self.softcap = getattr(hf.config, "final_logit_softcapping", None)
+        self.layer = layer
+        if not isinstance(getattr(self.decoder, "layers", None), nn.ModuleList):
+            raise NotImplementedError(
+                f"{model.model_id}: the fast path needs a decoder with a `layers` ModuleList; "
+                "train with path='full' instead"
+            )
+
+    def hidden(self, resid: Resid, attention_mask: AttentionMask, position_ids: Tokens) -> Resid:
+        """Final-normed hidden states from the residual after block ``layer``."""
+        layers = self.decoder.layers
+        config = self.decoder.config
+        layer_types = getattr(config, "layer_types", None)
+        self.decoder.layers = nn.ModuleList(list(layers)[self.layer + 1 :])
+        if isinstance(layer_types, list) and len(layer_types) == len(layers):
+            config.layer_types = layer_types[self.layer + 1 :]
+        try:
+            out = self.decoder(
+                inputs_embeds=resid,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            )
+        finally:
+            self.decoder.layers = layers
+            if layer_types is not None:
+                config.layer_types = layer_types
+        return out.last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Unembed ``[..., d_model]`` hidden states (with final soft-capping if the model has it)."""
+        logits = self.head(hidden)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def matmul_flops_per_token(model: LoadedModel, layers: int, unembed: bool) -> float:
+    """Forward multiply-add FLOPs (2 per MAC) of ``layers`` blocks (+ unembedding) per token,
+    counting the weight matmuls only (attention scores are small at these lengths)."""
+    cfg = model.bridge.cfg
+    d, d_mlp = cfg.d_model, cfg.d_mlp
+    d_head = cfg.d_head
+    n_heads = cfg.n_heads
+    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+    attn = d * d_head * (2 * n_heads + 2 * n_kv)
+    mlp = 3 * d * d_mlp  # gated MLP (Llama, Gemma)
+    vocab = cfg.d_vocab
+    return 2.0 * (layers * (attn + mlp) + (d * vocab if unembed else 0))

@@ -1,0 +1,133 @@
+"""Steered response log-probabilities of a training batch, by the fast path or the full path.
+
+A :class:`RowBatch` holds rows gathered from one or more concepts' encoded data; each row carries
+its own edit ``delta[row] = alpha_k * v_k`` (the vector of the row's concept), applied at the
+row's steered columns. Both paths apply the identical edit and return
+:class:`~prosv_lens.training.objectives.SequenceLogprobs`:
+
+* :func:`logprobs_fast` — cached residual at L, blocks above L only, logits only at response
+  positions (:mod:`prosv_lens.training.fastpath`);
+* :func:`logprobs_full` — the way reference implementations train: the whole model with a hook
+  on ``blocks.{L}.hook_resid_post``, logits and log-softmax at every position.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from prosv_lens.models import LoadedModel
+from prosv_lens.prompts import TokenBatch, position_ids_from_mask
+from prosv_lens.training.fastpath import ResidualCache, UpperStack
+from prosv_lens.training.objectives import SequenceLogprobs
+from prosv_lens.types import AttentionMask, PosMask, Resid, Tokens
+
+Deltas = Float[Tensor, "batch d_model"]
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """Right-padded rows gathered from several encoded datasets.
+
+    Attributes:
+        input_ids / attention_mask: the tokens, padded to the longest row.
+        steer_mask: the columns each row's vector edits.
+        response_mask: the teacher-forced response tokens (the loss targets).
+        sources: ``(dataset index, example index)`` of each row.
+    """
+
+    input_ids: Tokens
+    attention_mask: AttentionMask
+    steer_mask: PosMask
+    response_mask: PosMask
+    sources: tuple[tuple[int, int], ...]
+
+    @property
+    def position_ids(self) -> Tokens:
+        return position_ids_from_mask(self.attention_mask)
+
+
+def gather_rows(
+    batches: Sequence[TokenBatch], masks: Sequence[PosMask], sources: Sequence[tuple[int, int]]
+) -> RowBatch:
+    """Rows ``sources`` (``(dataset, example)`` pairs) of right-padded batches, re-padded."""
+    lengths = [int(batches[k].attention_mask[i].sum()) for k, i in sources]
+    width = max(lengths)
+    rows = len(sources)
+    ids = torch.zeros(rows, width, dtype=torch.long)
+    attn = torch.zeros(rows, width, dtype=torch.long)
+    steer = torch.zeros(rows, width, dtype=torch.bool)
+    resp = torch.zeros(rows, width, dtype=torch.bool)
+    for r, ((k, i), n) in enumerate(zip(sources, lengths, strict=True)):
+        ids[r, :n] = batches[k].input_ids[i, :n]
+        attn[r, :n] = 1
+        steer[r, :n] = masks[k][i, :n]
+        resp[r, :n] = batches[k].response_mask[i, :n]
+    return RowBatch(ids, attn, steer, resp, tuple(sources))
+
+
+def _edit(resid: Resid, steer_mask: PosMask, deltas: Deltas) -> Resid:
+    return torch.where(steer_mask[..., None], resid + deltas[:, None, :].to(resid.dtype), resid)
+
+
+def _targets(rows: RowBatch) -> tuple[PosMask, Tensor, Tensor]:
+    """Predictor positions (``t`` predicts token ``t+1``), target ids and row ids."""
+    sel = rows.response_mask[:, 1:]
+    targets = rows.input_ids[:, 1:][sel]
+    row_ids = torch.arange(rows.input_ids.shape[0])[:, None].expand_as(sel)[sel]
+    return sel, targets, row_ids
+
+
+def _reduce(logprobs: Tensor, row_ids: Tensor, sel: PosMask) -> SequenceLogprobs:
+    rows = sel.shape[0]
+    total = torch.zeros(rows, dtype=logprobs.dtype, device=logprobs.device)
+    total = total.index_add(0, row_ids.to(logprobs.device), logprobs)
+    return SequenceLogprobs(total, sel.sum(dim=1).to(logprobs))
+
+
+def logprobs_fast(
+    upper: UpperStack,
+    caches: Sequence[ResidualCache],
+    rows: RowBatch,
+    deltas: Deltas,
+) -> SequenceLogprobs:
+    """Fast path: cached residuals, blocks above L, unembedding at response positions only."""
+    device = deltas.device
+    width = rows.input_ids.shape[1]
+    resid = torch.zeros(len(rows.sources), width, deltas.shape[1], device=device)
+    by_source: dict[int, list[int]] = {}
+    for r, (k, _) in enumerate(rows.sources):
+        by_source.setdefault(k, []).append(r)
+    for k, row_list in by_source.items():
+        resid[row_list] = caches[k].padded([rows.sources[r][1] for r in row_list], width, device)
+    resid = _edit(resid, rows.steer_mask.to(device), deltas)
+    hidden = upper.hidden(resid, rows.attention_mask.to(device), rows.position_ids.to(device))
+    sel, targets, row_ids = _targets(rows)
+    logits = upper.logits(hidden[:, :-1][sel.to(device)])
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    picked = logprobs.gather(1, targets.to(device)[:, None]).squeeze(1)
+    return _reduce(picked, row_ids, sel)
+
+
+def logprobs_full(
+    model: LoadedModel, layer: int, rows: RowBatch, deltas: Deltas
+) -> SequenceLogprobs:
+    """Reference path: whole model with a steering hook, logits at every position."""
+    device = deltas.device
+    steer = rows.steer_mask.to(device)
+
+    def hook(resid: Resid, hook: object) -> Resid:  # noqa: ARG001 - TL hook signature
+        return _edit(resid, steer, deltas)
+
+    with model.bridge.hooks(fwd_hooks=[(model.hook_name(layer), hook)]):
+        logits = model.bridge(
+            rows.input_ids.to(device),
+            attention_mask=rows.attention_mask.to(device),
+            position_ids=rows.position_ids.to(device),
+        )
+    logprobs = torch.log_softmax(logits.float(), dim=-1)[:, :-1]
+    sel, targets, row_ids = _targets(rows)
+    picked = logprobs[sel.to(device)].gather(1, targets.to(device)[:, None]).squeeze(1)
+    return _reduce(picked, row_ids, sel)

@@ -1,0 +1,411 @@
+"""Joint training of the steering factor ``alpha`` and direction ``v``, many concepts at once.
+
+Each concept k owns ``alpha_k``, ``v_k``, an optimizer (two parameter groups: ``v`` at ``lr_v``,
+``alpha`` at ``lr_alpha``; no weight decay) and a linear-decay schedule. Its data order is drawn
+from a generator seeded by ``(seed, concept name, epoch)``. A step gathers the current mini-batch
+of every concept that still has one into **one** batch (each row steered by its own concept's
+vector) and minimises ``sum_k mean_{rows of k} loss``: the gradient reaching ``(alpha_k, v_k)``
+is exactly that of concept k's own mean loss, so K concepts trained together end where each
+would end alone (up to float rounding from padding to a common width).
+
+Runs are seeded and repeat bit for bit on CPU. With ``checkpoint_dir`` the full state (vectors,
+optimizer and schedule states, step, logs) is saved atomically every ``checkpoint_every`` steps,
+and a later call with the same directory and settings resumes exactly where it stopped. A NaN or
+exploding loss stops the run with :class:`~prosv_lens.errors.TrainingDivergedError` naming the
+step, the concept and the settings.
+"""
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from prosv_lens.concepts import ConceptData
+from prosv_lens.errors import PositionSpecError, TrainingDivergedError
+from prosv_lens.interventions import SteeringVector
+from prosv_lens.models import LoadedModel
+from prosv_lens.positions import PositionSpec
+from prosv_lens.prompts import TokenBatch, encode_prompts
+from prosv_lens.training.config import TrainConfig
+from prosv_lens.training.fastpath import ResidualCache, UpperStack, build_residual_cache
+from prosv_lens.training.forward import gather_rows, logprobs_fast, logprobs_full
+from prosv_lens.training.objectives import SequenceLogprobs, lang_loss, simpo_loss
+
+EXPLOSION = 100.0  # a loss above 100x max(1, its first-step value) has exploded
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Trained vectors (by concept name), per-step logs, and what the run cost."""
+
+    vectors: dict[str, SteeringVector]
+    logs: dict[str, list[dict[str, float]]]
+    steps: int
+    seconds: float
+    tokens: int
+
+
+@dataclass
+class _Concept:
+    data: ConceptData
+    sources: list[int]  # dataset indices: [winner] or [winner, loser]
+    alpha: nn.Parameter
+    v: nn.Parameter
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+    total_steps: int
+    refs: list[torch.Tensor] = field(default_factory=list)
+    log: list[dict[str, float]] = field(default_factory=list)
+
+
+def _seed(*parts: object) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+
+
+def _order(cfg: TrainConfig, name: str, epoch: int, n: int) -> list[int]:
+    gen = torch.Generator().manual_seed(_seed(cfg.seed, name, "order", epoch))
+    return torch.randperm(n, generator=gen).tolist()
+
+
+def _init_params(cfg: TrainConfig, name: str, d_model: int) -> tuple[nn.Parameter, nn.Parameter]:
+    gen = torch.Generator().manual_seed(_seed(cfg.seed, name, "init"))
+    bound = cfg.c / math.sqrt(d_model)
+    v = (torch.rand(d_model, generator=gen) * 2 - 1) * bound
+    if cfg.variant == "unit":
+        v = v / v.norm()
+    alpha = 1.0 if cfg.variant == "fixed_alpha" else cfg.beta * math.sqrt(d_model)
+    a = nn.Parameter(torch.tensor(alpha), requires_grad=cfg.variant != "fixed_alpha")
+    return a, nn.Parameter(v)
+
+
+def _optimizer(cfg: TrainConfig, alpha: nn.Parameter, v: nn.Parameter, total: int) -> tuple:
+    groups = [{"params": [v], "lr": cfg.lr_v, "name": "v"}]
+    if alpha.requires_grad:
+        groups.append({"params": [alpha], "lr": cfg.lr_alpha, "name": "alpha"})
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(groups, weight_decay=0.0)
+    else:
+        opt = torch.optim.SGD(groups, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / total))
+    return opt, sched
+
+
+class _Runner:
+    """Holds encoded data, caches and per-concept state for one training run."""
+
+    def __init__(self, model: LoadedModel, data: Sequence[ConceptData], cfg: TrainConfig) -> None:
+        self.model, self.cfg = model, cfg
+        model.hook_name(cfg.layer)  # layer out of range -> ValueError naming the valid range
+        if not data:
+            raise ValueError("no training data: pass at least one ConceptData")
+        names = [d.name for d in data]
+        if len(set(names)) != len(names):
+            raise ValueError(f"concept names must be unique, got {names}")
+        spec = PositionSpec.parse(cfg.positions)
+        self.batches: list[TokenBatch] = []
+        self.masks: list[torch.Tensor] = []
+        self.concepts: list[_Concept] = []
+        for d in data:
+            self._check(d)
+            sources = [self._encode(d, d.responses, spec)]
+            if cfg.objective == "simpo":
+                sources.append(self._encode(d, d.negatives or (), spec))
+            n = len(d.prompts)
+            per_epoch = math.ceil(n / cfg.batch_size)
+            alpha, v = _init_params(cfg, d.name, model.d_model)
+            alpha.data, v.data = alpha.data.to(model.device), v.data.to(model.device)
+            opt, sched = _optimizer(cfg, alpha, v, per_epoch * cfg.epochs)
+            self.concepts.append(
+                _Concept(d, sources, alpha, v, opt, sched, per_epoch, per_epoch * cfg.epochs)
+            )
+        self.upper = UpperStack(model, cfg.layer) if cfg.path == "fast" else None
+        self.caches: list[ResidualCache] = []
+        if self.upper is not None:
+            self.caches = [build_residual_cache(model, b, cfg.layer) for b in self.batches]
+        if cfg.objective == "simpo":
+            self._reference_logprobs()
+
+    def _check(self, d: ConceptData) -> None:
+        if not d.prompts or len(d.prompts) != len(d.responses):
+            raise ValueError(
+                f"concept {d.name!r}: needs a non-empty list of prompts and one response per "
+                f"prompt (got {len(d.prompts)} prompts, {len(d.responses)} responses)"
+            )
+        if self.cfg.objective == "simpo" and (
+            d.negatives is None or len(d.negatives) != len(d.prompts)
+        ):
+            raise ValueError(
+                f"concept {d.name!r}: the simpo objective needs one neutral response per prompt (negatives)"
+            )
+
+    def _encode(self, d: ConceptData, responses: Sequence[str], spec: PositionSpec) -> int:
+        batch = encode_prompts(
+            self.model, list(d.prompts), padding_side="right", responses=list(responses),
+            max_response_tokens=self.cfg.max_response_tokens,
+        )  # fmt: skip
+        mask = spec.resolve(batch).mask
+        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise PositionSpecError(
+                f"concept {d.name!r}: positions '{spec}' leave no steered token in examples {empty}"
+            )
+        self.batches.append(batch)
+        self.masks.append(mask)
+        return len(self.batches) - 1
+
+    def logprobs(self, sources: list[tuple[int, int]], deltas: torch.Tensor) -> SequenceLogprobs:
+        rows = gather_rows(self.batches, self.masks, sources)
+        if self.upper is not None:
+            return logprobs_fast(self.upper, self.caches, rows, deltas)
+        return logprobs_full(self.model, self.cfg.layer, rows, deltas)
+
+    def _reference_logprobs(self) -> None:
+        """Unsteered summed log-probs of winners and losers (fixed: computed once)."""
+        with torch.no_grad():
+            for c in self.concepts:
+                c.refs = [self.unsteered_logprobs(src).total for src in c.sources]
+
+    def unsteered_logprobs(self, src: int, chunk: int = 8) -> SequenceLogprobs:
+        """Summed response log-probs of every example of dataset ``src`` with no steering."""
+        n = self.batches[src].batch_size
+        parts = []
+        for s in range(0, n, chunk):
+            idx = list(range(s, min(n, s + chunk)))
+            zero = torch.zeros(len(idx), self.model.d_model, device=self.model.device)
+            parts.append(self.logprobs([(src, i) for i in idx], zero))
+        return SequenceLogprobs(
+            torch.cat([p.total for p in parts]), torch.cat([p.n_tokens for p in parts])
+        )
+
+    def step_sources(self, t: int) -> list[tuple[_Concept, list[int]]]:
+        out = []
+        for c in self.concepts:
+            if t < c.total_steps:
+                epoch, j = divmod(t, c.steps_per_epoch)
+                order = _order(self.cfg, c.data.name, epoch, len(c.data.prompts))
+                out.append((c, order[j * self.cfg.batch_size : (j + 1) * self.cfg.batch_size]))
+        return out
+
+    def losses(self, plan: list[tuple[_Concept, list[int]]]) -> tuple[list[torch.Tensor], int]:
+        """Per-concept mean loss for one step (one forward over all concepts' rows)."""
+        sources, deltas = [], []
+        for c, idx in plan:
+            for src in c.sources:
+                sources += [(src, i) for i in idx]
+                deltas += [c.alpha * c.v] * len(idx)
+        seq = self.logprobs(sources, torch.stack(deltas))
+        out, cursor = [], 0
+        for c, idx in plan:
+            n = len(idx)
+            win = SequenceLogprobs(
+                seq.total[cursor : cursor + n], seq.n_tokens[cursor : cursor + n]
+            )
+            if self.cfg.objective == "lang":
+                per_example = lang_loss(win)
+                cursor += n
+            else:
+                lose = SequenceLogprobs(
+                    seq.total[cursor + n : cursor + 2 * n],
+                    seq.n_tokens[cursor + n : cursor + 2 * n],
+                )
+                per_example = simpo_loss(win, lose, c.refs[0][idx], c.refs[1][idx])
+                cursor += 2 * n
+            out.append(per_example.mean())
+        tokens = sum(int(self.batches[s].attention_mask[i].sum()) for s, i in sources)
+        return out, tokens
+
+
+def _diverged(cfg: TrainConfig, t: int, c: _Concept, what: str) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f"training diverged at step {t} (epoch {t // c.steps_per_epoch}), concept {c.data.name!r}: "
+        f"{what}. Settings: optimizer={cfg.optimizer}, lr_v={cfg.lr_v}, lr_alpha={cfg.lr_alpha}, "
+        f"beta={cfg.beta}, c={cfg.c}, positions={cfg.positions}, layer={cfg.layer}. Lower the "
+        "learning rates or the factor init."
+    )
+
+
+def _update(cfg: TrainConfig, t: int, c: _Concept, loss: torch.Tensor) -> dict[str, float]:
+    value = float(loss.detach())
+    first = c.log[0]["loss"] if c.log else value
+    if not math.isfinite(value) or value > EXPLOSION * max(1.0, abs(first)):
+        raise _diverged(cfg, t, c, f"loss is {value} (first step: {first})")
+    assert c.v.grad is not None
+    grad_v = float(c.v.grad.norm())
+    grad_a = float(c.alpha.grad.detach()) if c.alpha.grad is not None else 0.0
+    if not (math.isfinite(grad_v) and math.isfinite(grad_a)):
+        raise _diverged(
+            cfg, t, c, f"gradient is not finite (|grad v| {grad_v}, grad alpha {grad_a})"
+        )
+    if cfg.clip_v is not None:
+        torch.nn.utils.clip_grad_norm_([c.v], cfg.clip_v)  # v only: alpha is never clipped
+    lrs = {g["name"]: g["lr"] for g in c.optimizer.param_groups}
+    c.optimizer.step()
+    c.schedule.step()
+    c.optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        if cfg.variant == "unit":
+            c.v /= c.v.norm()
+        if not (torch.isfinite(c.v).all() and torch.isfinite(c.alpha)):
+            raise _diverged(cfg, t, c, "parameters became non-finite")
+    return {
+        "step": t, "epoch": t // c.steps_per_epoch, "loss": value, "alpha": float(c.alpha.detach()),
+        "v_norm": float(c.v.detach().norm()), "grad_norm_v": grad_v, "grad_alpha": grad_a,
+        "lr_v": lrs["v"], "lr_alpha": lrs.get("alpha", 0.0),
+    }  # fmt: skip
+
+
+def _state(runner: _Runner, step: int) -> dict[str, Any]:
+    return {
+        "step": step,
+        "config": runner.cfg.to_dict(),
+        "concepts": {
+            c.data.name: {
+                "alpha": c.alpha.detach().cpu(), "v": c.v.detach().cpu(),
+                "optimizer": c.optimizer.state_dict(), "schedule": c.schedule.state_dict(), "log": c.log,
+            }
+            for c in runner.concepts
+        },
+    }  # fmt: skip
+
+
+def _save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".checkpoint.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / "checkpoint.pt")
+
+
+def _resume(folder: Path, runner: _Runner) -> int:
+    path = folder / "checkpoint.pt"
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=False)
+    if state["config"] != runner.cfg.to_dict() or set(state["concepts"]) != {
+        c.data.name for c in runner.concepts
+    }:
+        raise ValueError(
+            f"{path} was written by a run with other settings or concepts; use another "
+            "checkpoint_dir or delete it to start afresh"
+        )
+    for c in runner.concepts:
+        s = state["concepts"][c.data.name]
+        with torch.no_grad():
+            c.alpha.copy_(s["alpha"])
+            c.v.copy_(s["v"])
+        c.optimizer.load_state_dict(s["optimizer"])
+        c.schedule.load_state_dict(s["schedule"])
+        c.log = list(s["log"])
+    return int(state["step"])
+
+
+def train(
+    model: LoadedModel,
+    data: ConceptData | Sequence[ConceptData],
+    cfg: TrainConfig,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    callbacks: Sequence[Callable[[int, dict[str, dict[str, float]]], None]] = (),
+    progress: bool = True,
+) -> TrainResult:
+    """Train one steering vector per concept (all concepts in one pass).
+
+    Args:
+        model: the frozen model (its weights get no gradient and never change).
+        data: one or several concepts.
+        cfg: the settings (:meth:`TrainConfig.prosv` / :meth:`TrainConfig.fssv` presets).
+        checkpoint_dir: save/resume the run state here.
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        callbacks: called after every step with ``(step, {concept: log row})``.
+        progress: show a tqdm bar with loss, alpha and |v|.
+
+    Returns:
+        A :class:`TrainResult`; each vector's ``info`` holds the settings and the per-step log.
+
+    Raises:
+        ValueError: empty data, layer out of range, bad checkpoint. PositionSpecError: positions
+            that leave an example with no steered token. TrainingDivergedError: NaN/explosion.
+    """
+    data = [data] if isinstance(data, ConceptData) else list(data)
+    t0 = time.perf_counter()
+    runner = _Runner(model, data, cfg)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    start = _resume(folder, runner) if folder is not None else 0
+    total = max(c.total_steps for c in runner.concepts)
+    tokens = 0
+    bar = tqdm(
+        range(start, total), initial=start, total=total, disable=not progress, desc="training"
+    )
+    for t in bar:
+        plan = runner.step_sources(t)
+        losses, n_tok = runner.losses(plan)
+        tokens += n_tok
+        torch.stack(losses).sum().backward()
+        rows = {
+            c.data.name: _update(cfg, t, c, loss) for (c, _), loss in zip(plan, losses, strict=True)
+        }
+        for (c, _), row in zip(plan, rows.values(), strict=True):
+            c.log.append(row)
+        first = next(iter(rows.values()))
+        bar.set_postfix(
+            loss=f"{first['loss']:.3f}", alpha=f"{first['alpha']:.1f}", v=f"{first['v_norm']:.2f}"
+        )
+        if folder is not None and checkpoint_every and (t + 1) % checkpoint_every == 0:
+            _save_checkpoint(folder, _state(runner, t + 1))
+        for cb in callbacks:
+            cb(t, rows)
+    if folder is not None:
+        _save_checkpoint(folder, _state(runner, total))
+    vectors = {
+        c.data.name: SteeringVector(
+            c.v.detach().cpu(), layer=cfg.layer, positions=cfg.positions, alpha=c.alpha.detach().cpu(),
+            model_id=model.model_id, chat_template_hash=model.chat_template_hash,
+            info={"method": f"trained/{cfg.variant}", "concept": c.data.name, "train_config": cfg.to_dict(),
+                  "final_loss": c.log[-1]["loss"] if c.log else None, "train_log": c.log},
+        )
+        for c in runner.concepts
+    }  # fmt: skip
+    return TrainResult(
+        vectors,
+        {c.data.name: c.log for c in runner.concepts},
+        total - start,
+        time.perf_counter() - t0,
+        tokens,
+    )
+
+
+def response_loss(
+    model: LoadedModel,
+    data: ConceptData,
+    vector: SteeringVector | None,
+    *,
+    layer: int,
+    positions: str = "f2+l2",
+    max_response_tokens: int | None = 128,
+) -> torch.Tensor:
+    """Per-example mean response NLL (the ``lang`` loss) under ``vector`` (``None``: unsteered)."""
+    cfg = TrainConfig(layer=layer, positions=str(vector.positions) if vector else positions,
+                      max_response_tokens=max_response_tokens, epochs=1)  # fmt: skip
+    runner = _Runner(model, [data], cfg)
+    delta = (
+        (vector.delta if vector is not None else torch.zeros(model.d_model))
+        .detach()
+        .to(model.device)
+    )
+    n, chunk, out = len(data.prompts), 8, []
+    with torch.no_grad():
+        for s in range(0, n, chunk):
+            idx = list(range(s, min(n, s + chunk)))
+            out.append(
+                lang_loss(runner.logprobs([(0, i) for i in idx], delta.expand(len(idx), -1)))
+            )
+    return torch.cat(out)
