@@ -50,8 +50,8 @@ class RowBatch:
 
 
 def gather_rows(
-    batches: Sequence[TokenBatch], masks: Sequence[PosMask], sources: Sequence[tuple[int, int]]
-) -> RowBatch:
+    batches: Sequence[TokenBatch], masks: Sequence[Tensor], sources: Sequence[tuple[int, int]]
+) -> RowBatch:  # masks: Bool[batch_k, pos_k] per dataset (shapes differ across datasets)
     """Rows ``sources`` (``(dataset, example)`` pairs) of right-padded batches, re-padded."""
     lengths = [int(batches[k].attention_mask[i].sum()) for k, i in sources]
     width = max(lengths)

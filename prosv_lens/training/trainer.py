@@ -47,7 +47,7 @@ class TrainResult:
     """Trained vectors (by concept name), per-step logs, and what the run cost."""
 
     vectors: dict[str, SteeringVector]
-    logs: dict[str, list[dict[str, float]]]
+    logs: dict[str, list[dict[str, float | int]]]
     steps: int
     seconds: float
     tokens: int
@@ -64,7 +64,7 @@ class _Concept:
     steps_per_epoch: int
     total_steps: int
     refs: list[torch.Tensor] = field(default_factory=list)
-    log: list[dict[str, float]] = field(default_factory=list)
+    log: list[dict[str, float | int]] = field(default_factory=list)
 
 
 def _seed(*parts: object) -> int:
@@ -233,7 +233,7 @@ def _diverged(cfg: TrainConfig, t: int, c: _Concept, what: str) -> TrainingDiver
     )
 
 
-def _update(cfg: TrainConfig, t: int, c: _Concept, loss: torch.Tensor) -> dict[str, float]:
+def _update(cfg: TrainConfig, t: int, c: _Concept, loss: torch.Tensor) -> dict[str, float | int]:
     value = float(loss.detach())
     first = c.log[0]["loss"] if c.log else value
     if not math.isfinite(value) or value > EXPLOSION * max(1.0, abs(first)):
@@ -314,7 +314,7 @@ def train(
     *,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 0,
-    callbacks: Sequence[Callable[[int, dict[str, dict[str, float]]], None]] = (),
+    callbacks: Sequence[Callable[[int, dict[str, dict[str, float | int]]], None]] = (),
     progress: bool = True,
 ) -> TrainResult:
     """Train one steering vector per concept (all concepts in one pass).
