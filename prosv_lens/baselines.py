@@ -15,9 +15,11 @@ grids are only built.
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from prosv_lens.concepts import ConceptData
 from prosv_lens.directions import MeanDifference
+from prosv_lens.generation import GenerationConfig, generate
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import LoadedModel
 from prosv_lens.prompts import encode_prompts
@@ -115,3 +117,19 @@ def prompt_steered(
     """The prompt baseline: ``"{steering prompt}\\n\\nQuestion: {instruction}"`` for each instruction."""
     head = template.format(concept=concept)
     return [f"{head}\n\nQuestion: {inst}" for inst in instructions]
+
+
+def with_neutral_responses(
+    model: LoadedModel, data: ConceptData, *, max_new_tokens: int = 128, batch_size: int = 8
+) -> ConceptData:
+    """``data`` with ``negatives`` = the unsteered model's greedy answers to its prompts (the
+    preference objective's losers, as RePS builds them with the target model)."""
+    answers: list[str] = []
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens)
+    for s in tqdm(
+        range(0, len(data), batch_size), desc="neutral responses", disable=len(data) <= batch_size
+    ):
+        answers += generate(model, list(data.prompts[s : s + batch_size]), (), cfg).texts
+    return ConceptData(
+        data.name, data.prompts, data.responses, tuple(a if a.strip() else "OK." for a in answers)
+    )

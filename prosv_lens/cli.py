@@ -15,6 +15,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from prosv_lens._version import __version__
 from prosv_lens.errors import ProsvError
@@ -113,6 +114,53 @@ def _cmd_check_cache(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from prosv_lens.baselines import with_neutral_responses
+    from prosv_lens.concepts import load_axbench_concept, load_jsonl_concept
+    from prosv_lens.models import load_model
+    from prosv_lens.training import TrainConfig, train
+    from prosv_lens.vector_io import save_vector
+
+    if bool(args.axbench) == bool(args.jsonl):
+        raise ProsvError(
+            "give exactly one data source: --axbench DIR --concept-id N ..., or --jsonl FILE"
+        )
+    if args.axbench:
+        data = [load_axbench_concept(args.axbench, cid) for cid in args.concept_id or [0]]
+    else:
+        data = [load_jsonl_concept(args.jsonl)]
+    if args.max_examples:
+        data = [d.subset(range(min(len(d), args.max_examples))) for d in data]
+    model = load_model(args.model, device=args.device)
+    layer = args.layer if args.layer is not None else round(0.4 * model.n_layers)
+    overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES and v is not None}
+    preset = TrainConfig.prosv if args.preset == "prosv" else TrainConfig.fssv
+    cfg = preset(layer, **overrides)
+    if cfg.objective == "simpo":
+        data = [d if d.negatives is not None else with_neutral_responses(model, d) for d in data]
+    result = train(
+        model, data, cfg, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every
+    )
+    out = Path(args.out)
+    for name, vec in result.vectors.items():
+        path = save_vector(vec, out / _slug(name))
+        log = result.logs[name]
+        _out(f"{name}: loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}, alpha {float(vec.alpha):.2f}, "
+             f"|v| {float(vec.v.norm()):.3f} -> {path}")  # fmt: skip
+    _out(
+        f"{result.steps} steps in {result.seconds:.1f} s ({result.tokens / result.seconds:.0f} tokens/s)"
+    )
+    return 0
+
+
+_TRAIN_OVERRIDES = ("positions", "objective", "beta", "c", "lr_v", "lr_alpha", "epochs", "batch_size",
+                    "variant", "optimizer", "seed", "max_response_tokens", "path")  # fmt: skip
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")[:60] or "vector"
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from prosv_lens.vector_io import load_vector, read_metadata
 
@@ -195,6 +243,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--atol", type=float, default=1e-4)
     p.set_defaults(func=_cmd_check_cache)
+
+    p = sub.add_parser(
+        "train", help="train steering vectors jointly (alpha and v), many concepts at once"
+    )
+    _model_arg(p)
+    p.add_argument("--axbench", help="AxBench folder (metadata.jsonl + train_data.parquet)")
+    p.add_argument("--concept-id", type=int, nargs="*", help="AxBench concept ids (default 0)")
+    p.add_argument("--jsonl", help="a JSONL file of {prompt, response[, negative]} rows")
+    p.add_argument("--preset", choices=["prosv", "fssv"], default="prosv",
+                   help="paper settings: prosv (f2+l2; beta 4, lr_alpha 10, c 8) or fssv (all; beta 2, lr_alpha 1, c 1)")  # fmt: skip
+    p.add_argument("--layer", type=int, default=None, help="default: 40%% depth")
+    p.add_argument("--positions", default=None, help="override the preset's position spec")
+    p.add_argument("--objective", choices=["lang", "simpo"], default=None)
+    p.add_argument("--variant", choices=["joint", "unit", "fixed_alpha"], default=None)
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default=None)
+    for flag, typ in (("--beta", float), ("--c", float), ("--lr-v", float), ("--lr-alpha", float), ("--epochs", int),
+                      ("--batch-size", int), ("--seed", int), ("--max-response-tokens", int)):  # fmt: skip
+        p.add_argument(flag, type=typ, default=None)
+    p.add_argument(
+        "--path",
+        choices=["fast", "full"],
+        default=None,
+        help="fast (default) or the reference full path",
+    )
+    p.add_argument(
+        "--max-examples", type=int, default=None, help="use only the first N examples per concept"
+    )
+    p.add_argument("--checkpoint-dir", default=None, help="save and resume the run state here")
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument(
+        "--out", default="vectors", help="folder for the trained vectors (default: vectors)"
+    )
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("inspect", help="verify a saved vector and print its provenance")
     p.add_argument("path")

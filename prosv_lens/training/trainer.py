@@ -44,13 +44,15 @@ EXPLOSION = 100.0  # a loss above 100x max(1, its first-step value) has exploded
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Trained vectors (by concept name), per-step logs, and what the run cost."""
+    """Trained vectors (by concept name), per-step logs (after each update), and what the run
+    cost: steps, wall time, examples and real tokens processed (per-concept rows summed)."""
 
     vectors: dict[str, SteeringVector]
     logs: dict[str, list[dict[str, float | int]]]
     steps: int
     seconds: float
     tokens: int
+    examples: int
 
 
 @dataclass
@@ -341,7 +343,7 @@ def train(
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start = _resume(folder, runner) if folder is not None else 0
     total = max(c.total_steps for c in runner.concepts)
-    tokens = 0
+    tokens = examples = 0
     bar = tqdm(
         range(start, total), initial=start, total=total, disable=not progress, desc="training"
     )
@@ -349,6 +351,7 @@ def train(
         plan = runner.step_sources(t)
         losses, n_tok = runner.losses(plan)
         tokens += n_tok
+        examples += sum(len(idx) for _, idx in plan)
         torch.stack(losses).sum().backward()
         rows = {
             c.data.name: _update(cfg, t, c, loss) for (c, _), loss in zip(plan, losses, strict=True)
@@ -380,6 +383,7 @@ def train(
         total - start,
         time.perf_counter() - t0,
         tokens,
+        examples,
     )
 
 

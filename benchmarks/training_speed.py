@@ -1,0 +1,143 @@
+"""Training throughput: the reference way vs prosv-lens's fast path, and K concepts in one pass.
+
+    .venv/bin/python benchmarks/training_speed.py [--data ../shared/data/axbench-concept10/prod_2b_l10_v1]
+        [--model smollm2-135m-instruct] [--steps 12] [--k 8] [--k-examples 24]
+
+Each measurement runs in its own subprocess (so peak memory is per mode), on the same data,
+settings (the paper's PrOSV preset, batch 12, responses cut to 128 tokens) and layer (40% depth):
+
+* ``reference``: random mini-batches padded to their longest example, the whole model run with
+  the steering hook, logits and log-softmax at every position (``TrainConfig(path="full")``);
+* ``fast``: cached residual at L (its one-off cost included), blocks above L only, logits only
+  at response positions (``path="fast"``);
+* ``K in one pass`` vs ``K single runs``: K concepts trained together vs one after another
+  (fast path), total wall time including data encoding and caching.
+
+Achieved GFLOP/s counts the weight matmuls of forward and activation-gradient backward
+(:func:`prosv_lens.training.fastpath.matmul_flops_per_token`) against the machine's fp32 matmul
+peak measured in the same run.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[1]
+    / ".."
+    / "shared"
+    / "data"
+    / "axbench-concept10"
+    / "prod_2b_l10_v1"
+)
+
+
+def _matmul_peak(n: int = 2048, reps: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _one(args: argparse.Namespace) -> dict:
+    from prosv_lens.concepts import axbench_concepts, load_axbench_concept
+    from prosv_lens.models import load_model
+    from prosv_lens.training import TrainConfig, train
+    from prosv_lens.training.fastpath import matmul_flops_per_token
+
+    model = load_model(args.model, device="cpu")
+    layer = round(0.4 * model.n_layers)
+    if args.mode in ("reference", "fast"):
+        data = [load_axbench_concept(args.data, 0)]
+        epochs = max(1, round(args.steps / -(-len(data[0]) // 12)))
+        cfg = TrainConfig.prosv(
+            layer, epochs=epochs, batch_size=12, path="full" if args.mode == "reference" else "fast"
+        )
+        t0 = time.perf_counter()
+        result = train(model, data, cfg, progress=False)
+        runs = [result]
+    else:
+        ids = [m["concept_id"] for m in axbench_concepts(args.data)][: args.k]
+        data = [load_axbench_concept(args.data, i).subset(range(args.k_examples)) for i in ids]
+        cfg = TrainConfig.prosv(layer, epochs=1, batch_size=12)
+        t0 = time.perf_counter()
+        groups = [data] if args.mode == "k_together" else [[d] for d in data]
+        runs = [train(model, group, cfg, progress=False) for group in groups]
+    seconds = time.perf_counter() - t0
+    examples = sum(r.examples for r in runs)
+    tokens = sum(r.tokens for r in runs)
+    above = model.n_layers - layer - 1
+    if (
+        args.mode == "reference"
+    ):  # forward: all layers + unembed everywhere; backward: layers above L + unembed
+        flops_tok = matmul_flops_per_token(model, model.n_layers, True) + matmul_flops_per_token(
+            model, above, True
+        )
+    else:  # forward and backward: layers above L, unembedding at response positions (~ all)
+        flops_tok = 2 * matmul_flops_per_token(model, above, True)
+    return {
+        "mode": args.mode, "seconds": seconds, "tokens": tokens, "examples": examples,
+        "steps": sum(r.steps for r in runs), "gflops": flops_tok * tokens / seconds / 1e9,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "final_loss": [r.logs[n][-1]["loss"] for r in runs for n in r.logs],
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--k-examples", type=int, default=24)
+    ap.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.mode:
+        print(json.dumps(_one(args)))
+        return
+    if not Path(args.data, "train_data.parquet").exists():
+        sys.exit(f"no AxBench data at {args.data}: pass --data DIR")
+    peak = _matmul_peak()
+    results = {}
+    for mode in ("reference", "fast", "k_together", "k_single"):
+        cmd = [sys.executable, __file__, "--mode", mode, *sys.argv[1:]]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        results[mode] = json.loads(out.strip().splitlines()[-1])
+    ref, fast = results["reference"], results["fast"]
+    print(
+        f"fp32 matmul peak on this machine: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)\n"
+    )
+    print(
+        "| trainer | steps | wall time | examples/s | tokens/s | speed-up | GFLOP/s (% of peak) | peak RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in (("reference (full model, all logits)", ref), ("prosv-lens fast path", fast)):
+        print(
+            f"| {name} | {r['steps']} | {r['seconds']:.1f} s | {r['examples'] / r['seconds']:.2f} | "
+            f"{r['tokens'] / r['seconds']:.0f} | {ref['seconds'] / r['seconds'] * r['tokens'] / ref['tokens']:.2f}x | "
+            f"{r['gflops']:.0f} ({100 * r['gflops'] / peak:.0f}%) | {r['peak_rss_gb']:.2f} GB |"
+        )
+    together, single = results["k_together"], results["k_single"]
+    print(
+        f"\n| {args.k} concepts x {args.k_examples} examples, 1 epoch | wall time | ratio | peak RSS |"
+    )
+    print("|---|---|---|---|")
+    print(
+        f"| one pass (all concepts in each batch) | {together['seconds']:.1f} s | {single['seconds'] / together['seconds']:.2f}x faster | {together['peak_rss_gb']:.2f} GB |"
+    )
+    print(
+        f"| {args.k} single-concept runs | {single['seconds']:.1f} s | 1.00x | {single['peak_rss_gb']:.2f} GB |"
+    )
+
+
+if __name__ == "__main__":
+    main()
