@@ -2,11 +2,14 @@
 
 Pipeline (each stage imports only from earlier ones)::
 
-    load_model -> encode_prompts -> PositionSpec -> SteeringVector / steering()
-               -> save_vector / load_vector -> mean_difference -> generate()
+    load_model -> encode_prompts -> ConceptData -> PositionSpec -> SteeringVector / steering()
+               -> save_vector / load_vector -> mean_difference -> train() -> generate()
+               -> baselines
 """
 
 from prosv_lens._version import __version__
+from prosv_lens.baselines import classic_sv_config, diffmean, factor_grid, prompt_steered
+from prosv_lens.concepts import ConceptData, load_axbench_concept, load_jsonl_concept
 from prosv_lens.directions import MeanDifference, mean_difference
 from prosv_lens.errors import (
     ModelLoadError,
@@ -14,6 +17,7 @@ from prosv_lens.errors import (
     PromptError,
     ProsvError,
     SteeringStateError,
+    TrainingDivergedError,
     VectorFileError,
     VectorMismatchError,
 )
@@ -41,6 +45,7 @@ from prosv_lens.models import (
 )
 from prosv_lens.positions import FSSV, PROSV_DEFAULT, PositionSpec, ResolvedPositions
 from prosv_lens.prompts import TokenBatch, encode_prompts
+from prosv_lens.training import TrainConfig, TrainResult, response_loss, train
 from prosv_lens.vector_io import load_vector, read_metadata, save_vector
 
 __all__ = [
@@ -48,6 +53,10 @@ __all__ = [
     "FSSV",
     "PROSV_DEFAULT",
     "AbstractIntervention",
+    "ConceptData",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDivergedError",
     "CacheEquivalence",
     "DecodeState",
     "Generation",
@@ -67,6 +76,14 @@ __all__ = [
     "VectorMismatchError",
     "__version__",
     "active_hook_count",
+    "classic_sv_config",
+    "diffmean",
+    "factor_grid",
+    "load_axbench_concept",
+    "load_jsonl_concept",
+    "prompt_steered",
+    "response_loss",
+    "train",
     "check_cache_equivalence",
     "encode_prompts",
     "generate",

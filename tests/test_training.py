@@ -225,3 +225,28 @@ def test_empty_data_and_bad_config_values(tiny):
     for bad in ({"objective": "dpo"}, {"beta": float("nan")}, {"variant": "x"}, {"clip_v": 0.0}):
         with pytest.raises(ValueError, match="bad TrainConfig"):
             TrainConfig(layer=1, **bad)
+
+
+def test_residual_cache_streams_to_disk_when_over_budget(tiny, tmp_path):
+    cfg = TrainConfig.prosv(1, **FAST)
+    in_memory = train(tiny, [SEA, SKY], cfg, progress=False).vectors
+    seen = []
+
+    def spy(step, rows):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+
+    on_disk = train(
+        tiny,
+        [SEA, SKY],
+        cfg,
+        progress=False,
+        cache_budget_bytes=1,
+        cache_dir=tmp_path,
+        callbacks=[spy],
+    ).vectors
+    assert len(seen[0]) == 2 and all(
+        n.startswith("prosv-resid-L1-") for n in seen[0]
+    )  # one file per dataset
+    assert list(tmp_path.iterdir()) == []  # deleted at the end
+    for name in ("sea", "sky"):
+        assert torch.equal(in_memory[name].v, on_disk[name].v)

@@ -53,6 +53,12 @@ class ResidualCache:
     def __post_init__(self) -> None:
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).tolist()
 
+    def close(self) -> None:
+        """Release the storage and delete the backing file, if memory-mapped."""
+        self.storage = torch.empty(0, self.storage.shape[1])
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
     @property
     def nbytes(self) -> int:
         return self.storage.numel() * self.storage.element_size()

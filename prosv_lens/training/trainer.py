@@ -104,7 +104,14 @@ def _optimizer(cfg: TrainConfig, alpha: nn.Parameter, v: nn.Parameter, total: in
 class _Runner:
     """Holds encoded data, caches and per-concept state for one training run."""
 
-    def __init__(self, model: LoadedModel, data: Sequence[ConceptData], cfg: TrainConfig) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        data: Sequence[ConceptData],
+        cfg: TrainConfig,
+        cache_budget: int = 2 << 30,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         self.model, self.cfg = model, cfg
         model.hook_name(cfg.layer)  # layer out of range -> ValueError naming the valid range
         if not data:
@@ -132,7 +139,13 @@ class _Runner:
         self.upper = UpperStack(model, cfg.layer) if cfg.path == "fast" else None
         self.caches: list[ResidualCache] = []
         if self.upper is not None:
-            self.caches = [build_residual_cache(model, b, cfg.layer) for b in self.batches]
+            budget = cache_budget // max(1, len(self.batches))
+            self.caches = [
+                build_residual_cache(
+                    model, b, cfg.layer, memory_budget_bytes=budget, spill_dir=cache_dir
+                )
+                for b in self.batches
+            ]
         if cfg.objective == "simpo":
             self._reference_logprobs()
 
@@ -318,6 +331,8 @@ def train(
     checkpoint_every: int = 0,
     callbacks: Sequence[Callable[[int, dict[str, dict[str, float | int]]], None]] = (),
     progress: bool = True,
+    cache_budget_bytes: int = 2 << 30,
+    cache_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train one steering vector per concept (all concepts in one pass).
 
@@ -329,6 +344,8 @@ def train(
         checkpoint_every: steps between checkpoints (0: only at the end).
         callbacks: called after every step with ``(step, {concept: log row})``.
         progress: show a tqdm bar with loss, alpha and |v|.
+        cache_budget_bytes: above this the cached residuals are memory-mapped on disk.
+        cache_dir: folder for those files (default: the system temp folder); deleted at the end.
 
     Returns:
         A :class:`TrainResult`; each vector's ``info`` holds the settings and the per-step log.
@@ -339,7 +356,23 @@ def train(
     """
     data = [data] if isinstance(data, ConceptData) else list(data)
     t0 = time.perf_counter()
-    runner = _Runner(model, data, cfg)
+    runner = _Runner(model, data, cfg, cache_budget_bytes, cache_dir)
+    try:
+        return _run(runner, t0, checkpoint_dir, checkpoint_every, callbacks, progress)
+    finally:
+        for cache in runner.caches:
+            cache.close()
+
+
+def _run(
+    runner: _Runner,
+    t0: float,
+    checkpoint_dir: str | Path | None,
+    checkpoint_every: int,
+    callbacks: Sequence[Callable[[int, dict[str, dict[str, float | int]]], None]],
+    progress: bool,
+) -> TrainResult:
+    model, cfg = runner.model, runner.cfg
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start = _resume(folder, runner) if folder is not None else 0
     total = max(c.total_steps for c in runner.concepts)

@@ -1,0 +1,79 @@
+"""Real training on the embedded SmolLM2 with AxBench Concept10 data (slow: ~1.5 min)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from prosv_lens.concepts import load_axbench_concept
+from prosv_lens.positions import PositionSpec
+from prosv_lens.prompts import encode_prompts
+from prosv_lens.training import TrainConfig, response_loss, train
+from prosv_lens.training.fastpath import UpperStack, build_residual_cache
+from prosv_lens.training.forward import gather_rows, logprobs_fast, logprobs_full
+from prosv_lens.vector_io import load_vector, save_vector
+
+pytestmark = pytest.mark.slow
+AXBENCH = (
+    Path(__file__).resolve().parents[2]
+    / ".."
+    / "shared"
+    / "data"
+    / "axbench-concept10"
+    / "prod_2b_l10_v1"
+)
+needs_axbench = pytest.mark.skipif(
+    not AXBENCH.exists(), reason="shared AxBench Concept10 data not present"
+)
+LAYER = 12  # 40% of SmolLM2's 30 layers, the paper's relative depth
+
+
+@needs_axbench
+@pytest.mark.parametrize("spec", ["f2+l2", "all"])
+def test_fast_path_matches_full_path_on_smollm2(smol, spec):
+    data = load_axbench_concept(AXBENCH, 0).subset(range(3))
+    batch = encode_prompts(
+        smol,
+        list(data.prompts),
+        padding_side="right",
+        responses=list(data.responses),
+        max_response_tokens=48,
+    )
+    rows = gather_rows(
+        [batch], [PositionSpec.parse(spec).resolve(batch).mask], [(0, 0), (0, 1), (0, 2)]
+    )
+    cache, upper = build_residual_cache(smol, batch, LAYER), UpperStack(smol, LAYER)
+    alpha = torch.tensor(96.0, requires_grad=True)
+    v = (
+        torch.rand(smol.d_model, generator=torch.Generator().manual_seed(0)) - 0.5
+    ).requires_grad_()
+
+    def run(fn):
+        alpha.grad = v.grad = None
+        seq = fn((alpha * v)[None].expand(3, -1))
+        loss = (-seq.total / seq.n_tokens).mean()
+        loss.backward()
+        return loss.detach(), alpha.grad.clone(), v.grad.clone()
+
+    fast = run(lambda d: logprobs_fast(upper, [cache], rows, d))
+    full = run(lambda d: logprobs_full(smol, LAYER, rows, d))
+    for a, b in zip(fast, full, strict=True):
+        assert (a - b).norm() <= 1e-5 * b.norm()
+
+
+@needs_axbench
+def test_joint_prosv_lowers_held_out_loss_on_a_real_concept(smol, tmp_path):
+    """Concept 0 ('references to specific dates and publication information'): train on 32
+    positives, 6 epochs; held-out = positives 56..71. Measured here: 2.478 -> 2.348 nats/token;
+    the threshold asks for at least 0.08 below the unsteered model."""
+    data = load_axbench_concept(AXBENCH, 0)
+    train_part, held_out = data.subset(range(32)), data.subset(range(56, 72))
+    cfg = TrainConfig.prosv(LAYER, epochs=6, batch_size=8, max_response_tokens=64)
+    before = response_loss(smol, held_out, None, layer=LAYER, max_response_tokens=64).mean()
+    result = train(smol, train_part, cfg, progress=False)
+    vec = result.vectors[data.name]
+    after = response_loss(smol, held_out, vec, layer=LAYER, max_response_tokens=64).mean()
+    assert after <= before - 0.08, (float(before), float(after))
+    assert float(vec.alpha) != pytest.approx(4 * 576**0.5)  # the factor was learned
+    back = load_vector(save_vector(vec, tmp_path / "dates"), smol)
+    assert len(back.info["train_log"]) == result.steps == 24
