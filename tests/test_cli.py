@@ -1,3 +1,4 @@
+import json
 import shutil
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import torch
 from prosv_lens.cli import main
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import make_tiny_model
-from prosv_lens.vector_io import save_vector
+from prosv_lens.vector_io import load_vector, save_vector
 
 
 def test_console_script_help_lists_subcommands():
@@ -100,3 +101,20 @@ def test_models_lists_embedded_models(capsys):
     out = capsys.readouterr().out
     assert "smollm2-135m-instruct" in out and "gemma-3-270m" in out
     assert main(["models", "--convert", "nope"]) == 2
+
+
+def test_train_from_jsonl_saves_loadable_vectors(tmp_path, capsys):
+    rows = [
+        {"prompt": f"Tell me about item {i}.", "response": f"Item {i} sits by the deep blue sea."}
+        for i in range(6)
+    ]
+    (tmp_path / "sea.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    argv = ["train", "--model", "tiny", "--jsonl", str(tmp_path / "sea.jsonl"), "--layer", "1",
+            "--epochs", "2", "--batch-size", "3", "--out", str(tmp_path / "vecs")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "sea: loss" in out and "4 steps" in out
+    vec = load_vector(tmp_path / "vecs" / "sea")
+    assert vec.info["train_config"]["epochs"] == 2 and str(vec.positions) == "f2+l2"
+    assert main(["train", "--model", "tiny", "--layer", "1"]) == 2  # no data source
+    assert "exactly one data source" in capsys.readouterr().err
