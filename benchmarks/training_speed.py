@@ -48,6 +48,18 @@ def _matmul_peak(n: int = 2048, reps: int = 20) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
+def _response_fraction(model, data, max_response_tokens) -> float:  # noqa: ANN001
+    from prosv_lens.prompts import encode_prompts
+
+    n_resp = n_all = 0
+    for d in data:
+        b = encode_prompts(model, list(d.prompts), padding_side="right", responses=list(d.responses),
+                           max_response_tokens=max_response_tokens)  # fmt: skip
+        n_resp += int(b.response_mask.sum())
+        n_all += int(b.attention_mask.sum())
+    return n_resp / n_all
+
+
 def _one(args: argparse.Namespace) -> dict:
     from prosv_lens.concepts import axbench_concepts, load_axbench_concept
     from prosv_lens.models import load_model
@@ -76,14 +88,15 @@ def _one(args: argparse.Namespace) -> dict:
     examples = sum(r.examples for r in runs)
     tokens = sum(r.tokens for r in runs)
     above = model.n_layers - layer - 1
+    per_layer = matmul_flops_per_token(model, 1, False)
+    unembed = matmul_flops_per_token(model, 0, True)
+    frac = _response_fraction(model, data, cfg.max_response_tokens)
     if (
         args.mode == "reference"
-    ):  # forward: all layers + unembed everywhere; backward: layers above L + unembed
-        flops_tok = matmul_flops_per_token(model, model.n_layers, True) + matmul_flops_per_token(
-            model, above, True
-        )
-    else:  # forward and backward: layers above L, unembedding at response positions (~ all)
-        flops_tok = 2 * matmul_flops_per_token(model, above, True)
+    ):  # fwd: every layer, unembed everywhere; bwd: layers above L, unembed
+        flops_tok = (model.n_layers + above) * per_layer + 2 * unembed
+    else:  # fwd and bwd: layers above L; unembedding only at response positions
+        flops_tok = 2 * above * per_layer + 2 * frac * unembed
     return {
         "mode": args.mode, "seconds": seconds, "tokens": tokens, "examples": examples,
         "steps": sum(r.steps for r in runs), "gflops": flops_tok * tokens / seconds / 1e9,

@@ -1,23 +1,11 @@
 import pytest
 import torch
+from _shared import PROMPTS, SPECS
 
 from prosv_lens.generation import GenerationConfig, check_cache_equivalence, generate
 from prosv_lens.interventions import AbstractIntervention, SteeringVector, steering
 from prosv_lens.positions import PositionSpec
 from prosv_lens.prompts import encode_prompts
-
-PROMPTS = ["Name three colors.", "Hi", "Write a haiku about autumn leaves."]
-SPECS = [
-    "all",
-    "prompt",
-    "f2+l2",
-    "f1",
-    "l3",
-    "idx:0,-1",
-    "role:system",
-    "role:user",
-    "role:assistant",
-]
 
 
 def _vector(model, spec, layer=1, alpha=4.0):

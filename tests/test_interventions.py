@@ -1,22 +1,10 @@
 import pytest
 import torch
+from _shared import PROMPTS, SPECS
 
 from prosv_lens.errors import SteeringStateError, VectorMismatchError
 from prosv_lens.interventions import SteeringVector, active_hook_count, run_with_steering, steering
 from prosv_lens.prompts import encode_prompts
-
-PROMPTS = ["Name three colors.", "Hi", "Write a haiku about autumn leaves."]
-SPECS = [
-    "all",
-    "prompt",
-    "f2+l2",
-    "f1",
-    "l3",
-    "idx:0,-1",
-    "role:system",
-    "role:user",
-    "role:assistant",
-]
 
 
 def _forward(model, batch):

@@ -2,14 +2,14 @@ import math
 
 import pytest
 import torch
+from _shared import fast_and_full_grads
 
 from prosv_lens.concepts import ConceptData
 from prosv_lens.errors import PositionSpecError, TrainingDivergedError
 from prosv_lens.positions import PositionSpec
 from prosv_lens.prompts import encode_prompts
 from prosv_lens.training import TrainConfig, response_loss, train
-from prosv_lens.training.fastpath import UpperStack, build_residual_cache
-from prosv_lens.training.forward import gather_rows, logprobs_fast, logprobs_full
+from prosv_lens.training.forward import gather_rows
 from prosv_lens.training.objectives import SequenceLogprobs, simpo_loss
 
 
@@ -34,19 +34,7 @@ def test_fast_path_matches_full_model_hook_path(tiny, spec):
     )
     mask = PositionSpec.parse(spec).resolve(batch).mask
     rows = gather_rows([batch], [mask], [(0, 3), (0, 0), (0, 2)])
-    cache, upper = build_residual_cache(tiny, batch, layer), UpperStack(tiny, layer)
-    alpha = torch.tensor(5.0, requires_grad=True)
-    v = (0.3 * torch.randn(tiny.d_model)).requires_grad_()
-
-    def run(fn):
-        alpha.grad = v.grad = None
-        seq = fn((alpha * v)[None].expand(3, -1))
-        loss = (-seq.total / seq.n_tokens).mean()
-        loss.backward()
-        return loss.detach(), alpha.grad.clone(), v.grad.clone()
-
-    fast = run(lambda d: logprobs_fast(upper, [cache], rows, d))
-    full = run(lambda d: logprobs_full(tiny, layer, rows, d))
+    fast, full = fast_and_full_grads(tiny, batch, rows, layer, 5.0, 0.3 * torch.randn(tiny.d_model))
     for a, b in zip(fast, full, strict=True):
         assert (a - b).norm() <= 1e-5 * b.norm()
     assert float(full[1].abs()) > 0 and float(full[2].norm()) > 0
@@ -250,3 +238,12 @@ def test_residual_cache_streams_to_disk_when_over_budget(tiny, tmp_path):
     assert list(tmp_path.iterdir()) == []  # deleted at the end
     for name in ("sea", "sky"):
         assert torch.equal(in_memory[name].v, on_disk[name].v)
+
+
+def test_micro_batches_give_the_same_vectors(tiny):
+    cfg = TrainConfig.prosv(1, **FAST)
+    whole = train(tiny, [SEA, SKY], cfg, progress=False, micro_rows=64).vectors
+    small = train(tiny, [SEA, SKY], cfg, progress=False, micro_rows=3).vectors
+    for name in ("sea", "sky"):
+        assert torch.allclose(whole[name].v, small[name].v, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(whole[name].alpha, small[name].alpha, rtol=1e-4, atol=1e-5)

@@ -111,8 +111,9 @@ class _Runner:
         cfg: TrainConfig,
         cache_budget: int = 2 << 30,
         cache_dir: str | Path | None = None,
+        micro_rows: int = 16,
     ) -> None:
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg, self.micro_rows = model, cfg, micro_rows
         model.hook_name(cfg.layer)  # layer out of range -> ValueError naming the valid range
         if not data:
             raise ValueError("no training data: pass at least one ConceptData")
@@ -210,33 +211,52 @@ class _Runner:
                 out.append((c, order[j * self.cfg.batch_size : (j + 1) * self.cfg.batch_size]))
         return out
 
-    def losses(self, plan: list[tuple[_Concept, list[int]]]) -> tuple[list[torch.Tensor], int]:
-        """Per-concept mean loss for one step (one forward over all concepts' rows)."""
-        sources, deltas = [], []
-        for c, idx in plan:
-            for src in c.sources:
-                sources += [(src, i) for i in idx]
-                deltas += [c.alpha * c.v] * len(idx)
-        seq = self.logprobs(sources, torch.stack(deltas))
-        out, cursor = [], 0
-        for c, idx in plan:
-            n = len(idx)
-            win = SequenceLogprobs(
-                seq.total[cursor : cursor + n], seq.n_tokens[cursor : cursor + n]
-            )
+    def backward(self, plan: list[tuple[_Concept, list[int]]]) -> tuple[list[torch.Tensor], int]:
+        """Accumulate the gradient of ``sum_k mean_{examples of k} loss`` for one step.
+
+        The step's examples (all concepts) are sorted by length and run in micro-batches of at
+        most ``micro_rows`` rows (an example's winner and loser stay together), each weighted by
+        ``1 / (examples of its concept)``: the same gradient as one big batch, with bounded
+        memory and little padding. Returns each concept's mean loss (detached) and the tokens run.
+        """
+        units = [(k, i) for k, (_, idx) in enumerate(plan) for i in idx]
+        length = {
+            (k, i): int(self.batches[plan[k][0].sources[0]].attention_mask[i].sum())
+            for k, i in units
+        }
+        units.sort(key=lambda u: -length[u])
+        per_unit = len(plan[0][0].sources)
+        size = max(1, self.micro_rows // per_unit)
+        totals = [torch.zeros(()) for _ in plan]
+        tokens = 0
+        for s in range(0, len(units), size):
+            chunk = units[s : s + size]
+            sources, deltas = [], []
+            for src_pos in range(per_unit):
+                for k, i in chunk:
+                    c = plan[k][0]
+                    sources.append((c.sources[src_pos], i))
+                    deltas.append(c.alpha * c.v)
+            seq = self.logprobs(sources, torch.stack(deltas))
+            n = len(chunk)
+            win = SequenceLogprobs(seq.total[:n], seq.n_tokens[:n])
             if self.cfg.objective == "lang":
                 per_example = lang_loss(win)
-                cursor += n
             else:
-                lose = SequenceLogprobs(
-                    seq.total[cursor + n : cursor + 2 * n],
-                    seq.n_tokens[cursor + n : cursor + 2 * n],
-                )
-                per_example = simpo_loss(win, lose, c.refs[0][idx], c.refs[1][idx])
-                cursor += 2 * n
-            out.append(per_example.mean())
-        tokens = sum(int(self.batches[s].attention_mask[i].sum()) for s, i in sources)
-        return out, tokens
+                lose = SequenceLogprobs(seq.total[n:], seq.n_tokens[n:])
+                ref_w = torch.stack([plan[k][0].refs[0][i] for k, i in chunk])
+                ref_l = torch.stack([plan[k][0].refs[1][i] for k, i in chunk])
+                per_example = simpo_loss(win, lose, ref_w, ref_l)
+            weights = torch.tensor(
+                [1.0 / len(plan[k][1]) for k, _ in chunk], device=per_example.device
+            )
+            (per_example * weights).sum().backward()
+            for (k, _), contribution in zip(
+                chunk, (per_example * weights).detach().cpu(), strict=True
+            ):
+                totals[k] = totals[k] + contribution
+            tokens += sum(int(self.batches[src].attention_mask[i].sum()) for src, i in sources)
+        return totals, tokens
 
 
 def _diverged(cfg: TrainConfig, t: int, c: _Concept, what: str) -> TrainingDivergedError:
@@ -333,6 +353,7 @@ def train(
     progress: bool = True,
     cache_budget_bytes: int = 2 << 30,
     cache_dir: str | Path | None = None,
+    micro_rows: int = 16,
 ) -> TrainResult:
     """Train one steering vector per concept (all concepts in one pass).
 
@@ -346,6 +367,8 @@ def train(
         progress: show a tqdm bar with loss, alpha and |v|.
         cache_budget_bytes: above this the cached residuals are memory-mapped on disk.
         cache_dir: folder for those files (default: the system temp folder); deleted at the end.
+        micro_rows: rows per forward pass (a step's rows of all concepts are run in length-sorted
+            micro-batches with gradient accumulation; the result is the same up to rounding).
 
     Returns:
         A :class:`TrainResult`; each vector's ``info`` holds the settings and the per-step log.
@@ -356,7 +379,7 @@ def train(
     """
     data = [data] if isinstance(data, ConceptData) else list(data)
     t0 = time.perf_counter()
-    runner = _Runner(model, data, cfg, cache_budget_bytes, cache_dir)
+    runner = _Runner(model, data, cfg, cache_budget_bytes, cache_dir, micro_rows)
     try:
         return _run(runner, t0, checkpoint_dir, checkpoint_every, callbacks, progress)
     finally:
@@ -382,10 +405,9 @@ def _run(
     )
     for t in bar:
         plan = runner.step_sources(t)
-        losses, n_tok = runner.losses(plan)
+        losses, n_tok = runner.backward(plan)
         tokens += n_tok
         examples += sum(len(idx) for _, idx in plan)
-        torch.stack(losses).sum().backward()
         rows = {
             c.data.name: _update(cfg, t, c, loss) for (c, _), loss in zip(plan, losses, strict=True)
         }

@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import fast_and_full_grads
 
 from prosv_lens.concepts import load_axbench_concept
 from prosv_lens.positions import PositionSpec
 from prosv_lens.prompts import encode_prompts
 from prosv_lens.training import TrainConfig, response_loss, train
-from prosv_lens.training.fastpath import UpperStack, build_residual_cache
-from prosv_lens.training.forward import gather_rows, logprobs_fast, logprobs_full
+from prosv_lens.training.forward import gather_rows
 from prosv_lens.vector_io import load_vector, save_vector
 
 pytestmark = pytest.mark.slow
@@ -42,21 +42,8 @@ def test_fast_path_matches_full_path_on_smollm2(smol, spec):
     rows = gather_rows(
         [batch], [PositionSpec.parse(spec).resolve(batch).mask], [(0, 0), (0, 1), (0, 2)]
     )
-    cache, upper = build_residual_cache(smol, batch, LAYER), UpperStack(smol, LAYER)
-    alpha = torch.tensor(96.0, requires_grad=True)
-    v = (
-        torch.rand(smol.d_model, generator=torch.Generator().manual_seed(0)) - 0.5
-    ).requires_grad_()
-
-    def run(fn):
-        alpha.grad = v.grad = None
-        seq = fn((alpha * v)[None].expand(3, -1))
-        loss = (-seq.total / seq.n_tokens).mean()
-        loss.backward()
-        return loss.detach(), alpha.grad.clone(), v.grad.clone()
-
-    fast = run(lambda d: logprobs_fast(upper, [cache], rows, d))
-    full = run(lambda d: logprobs_full(smol, LAYER, rows, d))
+    v0 = torch.rand(smol.d_model, generator=torch.Generator().manual_seed(0)) - 0.5
+    fast, full = fast_and_full_grads(smol, batch, rows, LAYER, 96.0, v0)
     for a, b in zip(fast, full, strict=True):
         assert (a - b).norm() <= 1e-5 * b.norm()
 
