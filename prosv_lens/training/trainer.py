@@ -17,12 +17,10 @@ step, the concept and the settings.
 
 import hashlib
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -34,6 +32,7 @@ from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import LoadedModel
 from prosv_lens.positions import PositionSpec
 from prosv_lens.prompts import TokenBatch, encode_prompts
+from prosv_lens.training.checkpoint import resume, save_checkpoint, state_dict
 from prosv_lens.training.config import TrainConfig
 from prosv_lens.training.fastpath import ResidualCache, UpperStack, build_residual_cache
 from prosv_lens.training.forward import gather_rows, logprobs_fast, logprobs_full
@@ -298,50 +297,6 @@ def _update(cfg: TrainConfig, t: int, c: _Concept, loss: torch.Tensor) -> dict[s
     }  # fmt: skip
 
 
-def _state(runner: _Runner, step: int) -> dict[str, Any]:
-    return {
-        "step": step,
-        "config": runner.cfg.to_dict(),
-        "concepts": {
-            c.data.name: {
-                "alpha": c.alpha.detach().cpu(), "v": c.v.detach().cpu(),
-                "optimizer": c.optimizer.state_dict(), "schedule": c.schedule.state_dict(), "log": c.log,
-            }
-            for c in runner.concepts
-        },
-    }  # fmt: skip
-
-
-def _save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".checkpoint.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / "checkpoint.pt")
-
-
-def _resume(folder: Path, runner: _Runner) -> int:
-    path = folder / "checkpoint.pt"
-    if not path.exists():
-        return 0
-    state = torch.load(path, weights_only=False)
-    if state["config"] != runner.cfg.to_dict() or set(state["concepts"]) != {
-        c.data.name for c in runner.concepts
-    }:
-        raise ValueError(
-            f"{path} was written by a run with other settings or concepts; use another "
-            "checkpoint_dir or delete it to start afresh"
-        )
-    for c in runner.concepts:
-        s = state["concepts"][c.data.name]
-        with torch.no_grad():
-            c.alpha.copy_(s["alpha"])
-            c.v.copy_(s["v"])
-        c.optimizer.load_state_dict(s["optimizer"])
-        c.schedule.load_state_dict(s["schedule"])
-        c.log = list(s["log"])
-    return int(state["step"])
-
-
 def train(
     model: LoadedModel,
     data: ConceptData | Sequence[ConceptData],
@@ -397,7 +352,7 @@ def _run(
 ) -> TrainResult:
     model, cfg = runner.model, runner.cfg
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    start = _resume(folder, runner) if folder is not None else 0
+    start = resume(folder, cfg, runner.concepts) if folder is not None else 0
     total = max(c.total_steps for c in runner.concepts)
     tokens = examples = 0
     bar = tqdm(
@@ -418,11 +373,11 @@ def _run(
             loss=f"{first['loss']:.3f}", alpha=f"{first['alpha']:.1f}", v=f"{first['v_norm']:.2f}"
         )
         if folder is not None and checkpoint_every and (t + 1) % checkpoint_every == 0:
-            _save_checkpoint(folder, _state(runner, t + 1))
+            save_checkpoint(folder, state_dict(cfg, runner.concepts, t + 1))
         for cb in callbacks:
             cb(t, rows)
     if folder is not None:
-        _save_checkpoint(folder, _state(runner, total))
+        save_checkpoint(folder, state_dict(cfg, runner.concepts, total))
     vectors = {
         c.data.name: SteeringVector(
             c.v.detach().cpu(), layer=cfg.layer, positions=cfg.positions, alpha=c.alpha.detach().cpu(),

@@ -1,0 +1,63 @@
+"""Checkpoints of a training run: saved atomically, resumed exactly.
+
+A checkpoint holds the step, the settings and, per concept, ``alpha``, ``v``, the optimizer and
+schedule states and the log so far. Data order is a pure function of (seed, concept, epoch), so
+no random state needs saving: a resumed run continues bit for bit.
+"""
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prosv_lens.training.config import TrainConfig
+
+
+def state_dict(cfg: TrainConfig, concepts: Sequence[Any], step: int) -> dict[str, Any]:
+    """Everything needed to resume: step, settings, and per concept alpha, v, optimizer, schedule, log."""
+    return {
+        "step": step,
+        "config": cfg.to_dict(),
+        "concepts": {
+            c.data.name: {
+                "alpha": c.alpha.detach().cpu(), "v": c.v.detach().cpu(),
+                "optimizer": c.optimizer.state_dict(), "schedule": c.schedule.state_dict(), "log": c.log,
+            }
+            for c in concepts
+        },
+    }  # fmt: skip
+
+
+def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
+    """Write ``checkpoint.pt`` atomically (temporary file, then rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".checkpoint.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / "checkpoint.pt")
+
+
+def resume(folder: Path, cfg: TrainConfig, concepts: Sequence[Any]) -> int:
+    """Restore the state saved in ``folder`` into ``concepts``; returns the step to continue from
+    (0 without a checkpoint). Raises ValueError for a checkpoint of other settings or concepts."""
+    path = folder / "checkpoint.pt"
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=False)
+    if state["config"] != cfg.to_dict() or set(state["concepts"]) != {
+        c.data.name for c in concepts
+    }:
+        raise ValueError(
+            f"{path} was written by a run with other settings or concepts; use another "
+            "checkpoint_dir or delete it to start afresh"
+        )
+    for c in concepts:
+        s = state["concepts"][c.data.name]
+        with torch.no_grad():
+            c.alpha.copy_(s["alpha"])
+            c.v.copy_(s["v"])
+        c.optimizer.load_state_dict(s["optimizer"])
+        c.schedule.load_state_dict(s["schedule"])
+        c.log = list(s["log"])
+    return int(state["step"])
