@@ -105,6 +105,10 @@ def _cmd_check_cache(args: argparse.Namespace) -> int:
     failed = 0
     for side in ("left", "right"):
         batch = encode_prompts(model, args.prompts, padding_side=side)
+        floor = check_cache_equivalence(model, batch, (), max_new_tokens=args.max_new_tokens)
+        _out(
+            f"{side:5s} {'(no vector)':12s} max|diff| {floor.max_abs_diff:.2e}  (float noise floor)"
+        )
         for spec in args.spec:
             sv = SteeringVector(v / v.norm(), layer=layer, positions=spec, alpha=args.alpha)
             r = check_cache_equivalence(model, batch, sv, max_new_tokens=args.max_new_tokens)
@@ -241,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=100.0, help="factor of a random unit vector")
     p.add_argument("--max-new-tokens", type=int, default=6)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--atol", type=float, default=3e-4,
+                   help="tolerance (default 3e-4: fp32 decoding noise on SmolLM2 reaches ~1e-4 with no vector)")  # fmt: skip
     p.set_defaults(func=_cmd_check_cache)
 
     p = sub.add_parser(
