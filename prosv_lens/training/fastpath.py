@@ -41,14 +41,16 @@ class ResidualCache:
     Attributes:
         layer: the layer the residual was taken after.
         lengths: real-token count of each example (right-padded rows: the first ``n`` columns).
-        storage: a tensor in memory or a view of a memory-mapped file.
+        storage: a float32 tensor in memory or a view of a memory-mapped file.
         path: the backing file when memory-mapped, else ``None``.
+        dtype: the model's dtype, which :meth:`padded` returns.
     """
 
     layer: int
     lengths: list[int]
     storage: torch.Tensor
     path: Path | None = None
+    dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).tolist()
@@ -69,7 +71,7 @@ class ResidualCache:
         for row, i in enumerate(indices):
             n = self.lengths[i]
             out[row, :n] = self.storage[self.offsets[i] : self.offsets[i] + n]
-        return out.to(device)
+        return out.to(device=device, dtype=self.dtype)
 
 
 def build_residual_cache(
@@ -98,14 +100,18 @@ def build_residual_cache(
     hook = model.hook_name(layer)
     lengths = batch.attention_mask.sum(dim=1).tolist()
     total, d = sum(lengths), model.d_model
+    keep = (
+        torch.float64 if model.dtype == torch.float64 else torch.float32
+    )  # bf16/fp16 kept as fp32
     path = None
-    if total * d * 4 > memory_budget_bytes:
+    if total * d * keep.itemsize > memory_budget_bytes:
         fd, name = tempfile.mkstemp(prefix=f"prosv-resid-L{layer}-", suffix=".f32", dir=spill_dir)
         path = Path(name)
         os.close(fd)
-        storage = torch.from_numpy(np.memmap(path, dtype=np.float32, mode="w+", shape=(total, d)))
+        np_dtype = np.float64 if keep == torch.float64 else np.float32
+        storage = torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="w+", shape=(total, d)))
     else:
-        storage = torch.empty(total, d, dtype=torch.float32)
+        storage = torch.empty(total, d, dtype=keep)
     grabbed: dict[str, torch.Tensor] = {}
 
     def grab(resid: Resid, hook: object) -> None:  # noqa: ARG001 - TL hook signature
@@ -126,9 +132,9 @@ def build_residual_cache(
             )
             for r in range(mask.shape[0]):
                 n = int(mask[r].sum())
-                storage[cursor : cursor + n] = grabbed["resid"][r, :n].float().cpu()
+                storage[cursor : cursor + n] = grabbed["resid"][r, :n].to(keep).cpu()
                 cursor += n
-    return ResidualCache(layer, lengths, storage, path)
+    return ResidualCache(layer, lengths, storage, path, model.dtype)
 
 
 class UpperStack:

@@ -96,7 +96,8 @@ def logprobs_fast(
     """Fast path: cached residuals, blocks above L, unembedding at response positions only."""
     device = deltas.device
     width = rows.input_ids.shape[1]
-    resid = torch.zeros(len(rows.sources), width, deltas.shape[1], device=device)
+    dtype = caches[rows.sources[0][0]].dtype
+    resid = torch.zeros(len(rows.sources), width, deltas.shape[1], device=device, dtype=dtype)
     by_source: dict[int, list[int]] = {}
     for r, (k, _) in enumerate(rows.sources):
         by_source.setdefault(k, []).append(r)

@@ -2,12 +2,14 @@
 
 import pytest
 import torch
+from _shared import fast_and_full_grads
 
 from prosv_lens.errors import PositionSpecError
 from prosv_lens.generation import GenerationConfig, check_cache_equivalence, generate
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.positions import PositionSpec
 from prosv_lens.prompts import encode_prompts
+from prosv_lens.training.forward import gather_rows
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["The capital of France is", "Three primary colors are"]
@@ -39,3 +41,22 @@ def test_cached_equals_uncached_on_gemma3(gemma64, side, finite_fp64_patterns):
             gemma64, batch, sv, GenerationConfig(max_new_tokens=1), record_logits=True
         ).step_logits
         assert (steered - plain).abs().max() > 1.0, spec
+
+
+@pytest.mark.parametrize("spec", ["f2+l2", "all"])
+def test_training_fast_path_matches_full_path_on_gemma3(gemma64, spec):
+    """The fast path cuts Gemma-3's decoder (and its sliding/full layer types) to [L+1:]."""
+    batch = encode_prompts(
+        gemma64,
+        PROMPTS,
+        padding_side="right",
+        responses=[" Paris, of course.", " red, blue and yellow."],
+    )
+    rows = gather_rows([batch], [PositionSpec.parse(spec).resolve(batch).mask], [(0, 1), (0, 0)])
+    v0 = (
+        torch.rand(gemma64.d_model, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        - 0.5
+    )
+    fast, full = fast_and_full_grads(gemma64, batch, rows, 7, 400.0, v0)
+    for a, b in zip(fast, full, strict=True):
+        assert (a - b).norm() <= 1e-5 * b.norm()
