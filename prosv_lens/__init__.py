@@ -9,7 +9,13 @@ Pipeline (each stage imports only from earlier ones)::
 
 from prosv_lens._version import __version__
 from prosv_lens.baselines import classic_sv_config, diffmean, factor_grid, prompt_steered
-from prosv_lens.concepts import ConceptData, load_axbench_concept, load_jsonl_concept
+from prosv_lens.concepts import (
+    ConceptData,
+    LabeledResponses,
+    load_axbench_concept,
+    load_axbench_latent_eval,
+    load_jsonl_concept,
+)
 from prosv_lens.directions import MeanDifference, mean_difference
 from prosv_lens.errors import (
     ModelLoadError,
@@ -61,6 +67,7 @@ __all__ = [
     "DecodeState",
     "Generation",
     "GenerationConfig",
+    "LabeledResponses",
     "LoadedModel",
     "MeanDifference",
     "ModelLoadError",
@@ -80,6 +87,7 @@ __all__ = [
     "diffmean",
     "factor_grid",
     "load_axbench_concept",
+    "load_axbench_latent_eval",
     "load_jsonl_concept",
     "prompt_steered",
     "response_loss",

@@ -102,3 +102,49 @@ def load_jsonl_concept(path: str | Path, name: str | None = None) -> ConceptData
         tuple(r["response"] for r in rows),
         negs,
     )
+
+
+@dataclass(frozen=True)
+class LabeledResponses:
+    """Responses labelled for concept presence (AxBench ``latent_eval_data``).
+
+    Attributes:
+        concept: the concept description.
+        instructions / responses: the rows' inputs and outputs.
+        labels: ``"positive"``, ``"negative"`` or ``"hard negative"`` per row.
+        genres: each row's instruction genre (``text`` / ``code`` / ``math``).
+    """
+
+    concept: str
+    instructions: tuple[str, ...]
+    responses: tuple[str, ...]
+    labels: tuple[str, ...]
+    genres: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def count(self, label: str) -> int:
+        return sum(lab == label for lab in self.labels)
+
+
+def load_axbench_latent_eval(folder: str | Path, concept_id: int) -> LabeledResponses:
+    """Concept ``concept_id``'s rows of ``latent_eval_data.parquet`` (held-out, labelled), in
+    file order: 36 positives, 36 genre-balanced negatives and 0-9 hard negatives per concept in
+    Concept10. Data nobody here wrote, for validating concept-presence judges."""
+    import pandas as pd
+
+    meta = {m["concept_id"]: m for m in axbench_concepts(folder)}
+    if concept_id not in meta:
+        raise KeyError(f"concept_id {concept_id} not in {folder}; available: {sorted(meta)}")
+    path = Path(folder) / "latent_eval_data.parquet"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: this AxBench folder has no latent evaluation data"
+        )
+    rows = pd.read_parquet(path)
+    rows = rows[rows.concept_id == concept_id]
+    return LabeledResponses(
+        meta[concept_id]["concept"], tuple(rows.input), tuple(rows.output),
+        tuple(rows.category), tuple(rows.concept_genre),
+    )  # fmt: skip

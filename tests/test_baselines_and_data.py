@@ -16,6 +16,7 @@ from prosv_lens.concepts import (
     ConceptData,
     axbench_concepts,
     load_axbench_concept,
+    load_axbench_latent_eval,
     load_jsonl_concept,
 )
 from prosv_lens.interventions import SteeringVector
@@ -45,6 +46,22 @@ def test_axbench_loader_on_the_shared_files(config):
         assert len(negatives) == 72 and negatives.name.endswith("(negatives)"), genre
     with pytest.raises(KeyError, match="concept_id 99 not in"):
         load_axbench_concept(folder, 99)
+
+
+@needs_axbench
+def test_axbench_latent_eval_loader_counts_and_genre_split():
+    folder = AXBENCH / "prod_2b_l10_v1"
+    hard = []
+    for cid in range(10):
+        rows = load_axbench_latent_eval(folder, cid)
+        assert rows.count("positive") == 36 and rows.count("negative") == 36
+        negative_genres = [
+            g for g, lab in zip(rows.genres, rows.labels, strict=True) if lab == "negative"
+        ]
+        assert sorted(negative_genres.count(g) for g in ("text", "code", "math")) == [5, 5, 26]
+        hard.append(rows.count("hard negative"))
+    assert sum(hard) == 50 and max(hard) <= 9  # 770 rows in all
+    assert rows.concept == axbench_concepts(folder)[9]["concept"]
 
 
 def test_jsonl_loader_and_splits(tmp_path):
