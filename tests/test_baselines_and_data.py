@@ -49,8 +49,9 @@ def test_axbench_loader_on_the_shared_files(config):
 
 
 @needs_axbench
-def test_axbench_latent_eval_loader_counts_and_genre_split():
-    folder = AXBENCH / "prod_2b_l10_v1"
+@pytest.mark.parametrize(("config", "n_hard"), [("prod_2b_l10_v1", 50), ("prod_2b_l20_v1", 35)])
+def test_axbench_latent_eval_loader_counts_and_genre_split(config, n_hard):
+    folder = AXBENCH / config
     hard = []
     for cid in range(10):
         rows = load_axbench_latent_eval(folder, cid)
@@ -60,7 +61,7 @@ def test_axbench_latent_eval_loader_counts_and_genre_split():
         ]
         assert sorted(negative_genres.count(g) for g in ("text", "code", "math")) == [5, 5, 26]
         hard.append(rows.count("hard negative"))
-    assert sum(hard) == 50 and max(hard) <= 9  # 770 rows in all
+    assert sum(hard) == n_hard and max(hard) <= 9  # 770 / 755 rows in all
     assert rows.concept == axbench_concepts(folder)[9]["concept"]
 
 
