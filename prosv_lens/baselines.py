@@ -12,17 +12,16 @@ Factor *selection* (on held-out instructions, judged) belongs to the evaluation 
 grids are only built.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 from prosv_lens.concepts import ConceptData
-from prosv_lens.directions import MeanDifference
+from prosv_lens.directions import MeanDifference, mean_difference_of
 from prosv_lens.generation import GenerationConfig, generate
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import LoadedModel
-from prosv_lens.prompts import encode_prompts
+from prosv_lens.prompts import TokenBatch, encode_prompts
 from prosv_lens.training.config import TrainConfig
 
 # AxBench's factor grid for DiffMean / SSV (times max_act) and RePS's for learned-norm vectors.
@@ -34,35 +33,13 @@ STEERING_PROMPT = (
 )
 
 
-def _sequence_means(
-    model: LoadedModel, data: ConceptData, layer: int, exclude_first: int, chunk: int = 8
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean residual over all real tokens (first ``exclude_first`` of each sequence excluded)
-    and the per-token norms, of (instruction, response) sequences."""
-    hook = model.hook_name(layer)
-    total = torch.zeros(model.d_model, dtype=torch.float64)
-    count, norms = 0, []
-    store: dict[str, torch.Tensor] = {}
-
-    def grab(resid: torch.Tensor, hook: object) -> None:  # noqa: ARG001
-        store["r"] = resid.detach()
-
+def _sequences(model: LoadedModel, data: ConceptData, chunk: int = 8) -> Iterator[TokenBatch]:
+    """Right-padded (instruction, response) batches of ``data``, ``chunk`` examples each."""
     for s in range(0, len(data), chunk):
         part = data.subset(range(s, min(len(data), s + chunk)))
-        batch = encode_prompts(
+        yield encode_prompts(
             model, list(part.prompts), padding_side="right", responses=list(part.responses)
         )
-        batch = batch.to(model.device)
-        with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(hook, grab)]):
-            model.bridge(batch.input_ids, attention_mask=batch.attention_mask,
-                         position_ids=batch.position_ids, stop_at_layer=layer + 1)  # fmt: skip
-        keep = batch.attention_mask.bool().clone()
-        keep[:, :exclude_first] = False
-        tokens = store["r"][keep].double().cpu()
-        total += tokens.sum(dim=0)
-        count += tokens.shape[0]
-        norms.append(tokens.norm(dim=-1))
-    return total / count, torch.cat(norms)
 
 
 def diffmean(
@@ -74,13 +51,12 @@ def diffmean(
     exclude_first: int = 1,
 ) -> MeanDifference:
     """AxBench DiffMean on chat-formatted (instruction, response) sequences."""
-    pos, pos_norms = _sequence_means(model, positive, layer, exclude_first)
-    neg, neg_norms = _sequence_means(model, negative, layer, exclude_first)
-    diff = pos - neg
-    return MeanDifference(
-        direction=(diff / diff.norm()).float(),
-        raw_norm=float(diff.norm()),
-        resid_norm=float(torch.cat([pos_norms, neg_norms]).median()),
+    return mean_difference_of(
+        model,
+        _sequences(model, positive),
+        _sequences(model, negative),
+        layer,
+        exclude_first=exclude_first,
     )
 
 

@@ -9,14 +9,14 @@ It is AxBench's DiffMean baseline and the quickest way to get a real, meaningful
 concept without training; the jointly trained vectors of the paper come from the trainer.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from prosv_lens.models import LoadedModel
-from prosv_lens.prompts import Prompt, encode_prompts
-from prosv_lens.types import Resid, Vector
+from prosv_lens.prompts import Prompt, TokenBatch, encode_prompts, position_ids_from_mask
+from prosv_lens.types import AttentionMask, Resid, Tokens, Vector
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,12 @@ class MeanDifference:
     resid_norm: float
 
 
-def residuals(
-    model: LoadedModel, texts: Sequence[Prompt], layer: int, *, chat_template: bool = False
-) -> tuple[Resid, torch.Tensor]:
-    """``blocks.{layer}.hook_resid_post`` of a batch of texts and its attention mask."""
+def resid_post(
+    model: LoadedModel, input_ids: Tokens, attention_mask: AttentionMask, layer: int
+) -> Resid:
+    """``blocks.{layer}.hook_resid_post`` of a padded batch, running only blocks ``0..layer``
+    (no gradient). The one place prosv-lens reads the residual stream at a layer."""
     hook = model.hook_name(layer)
-    batch = encode_prompts(model, texts, chat_template=chat_template, padding_side="right")
-    batch = batch.to(model.device)
     store: dict[str, torch.Tensor] = {}
 
     def grab(resid: Resid, hook: object) -> None:  # noqa: ARG001 - TL hook signature
@@ -49,12 +48,51 @@ def residuals(
 
     with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(hook, grab)]):
         model.bridge(
-            batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
+            input_ids.to(model.device),
+            attention_mask=attention_mask.to(model.device),
+            position_ids=position_ids_from_mask(attention_mask).to(model.device),
             stop_at_layer=layer + 1,
         )
-    return store["resid"], batch.attention_mask
+    return store["resid"]
+
+
+def _token_statistics(
+    model: LoadedModel, batches: Iterable[TokenBatch], layer: int, exclude_first: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean residual (float64) over every real token except each row's first ``exclude_first``
+    (right-padded batches), and the per-token norms."""
+    total = torch.zeros(model.d_model, dtype=torch.float64)
+    count, norms = 0, []
+    for batch in batches:
+        resid = resid_post(model, batch.input_ids, batch.attention_mask, layer)
+        keep = batch.attention_mask.bool().clone()
+        keep[:, :exclude_first] = False
+        tokens = resid[keep.to(resid.device)].double().cpu()
+        total += tokens.sum(dim=0)
+        count += tokens.shape[0]
+        norms.append(tokens.norm(dim=-1))
+    if count == 0:
+        raise ValueError(f"no token left after excluding the first {exclude_first} of each text")
+    return total / count, torch.cat(norms)
+
+
+def mean_difference_of(
+    model: LoadedModel,
+    positive: Iterable[TokenBatch],
+    negative: Iterable[TokenBatch],
+    layer: int,
+    *,
+    exclude_first: int = 1,
+) -> MeanDifference:
+    """DiffMean direction from right-padded batches of positive and negative sequences."""
+    pos, pos_norms = _token_statistics(model, positive, layer, exclude_first)
+    neg, neg_norms = _token_statistics(model, negative, layer, exclude_first)
+    diff = pos - neg
+    return MeanDifference(
+        direction=(diff / diff.norm()).float(),
+        raw_norm=float(diff.norm()),
+        resid_norm=float(torch.cat([pos_norms, neg_norms]).median()),
+    )
 
 
 def mean_difference(
@@ -73,21 +111,8 @@ def mean_difference(
     """
     if not positive or not negative:
         raise ValueError("mean_difference needs at least one positive and one negative text")
-    means, norms = [], []
-    for texts in (positive, negative):
-        resid, mask = residuals(model, texts, layer, chat_template=chat_template)
-        keep = mask.bool().clone()
-        keep[:, :exclude_first] = False
-        if not bool(keep.any()):
-            raise ValueError(
-                f"no token left after excluding the first {exclude_first} of each text"
-            )
-        tokens = resid[keep].double()
-        means.append(tokens.mean(dim=0))
-        norms.append(tokens.norm(dim=-1))
-    diff = means[0] - means[1]
-    return MeanDifference(
-        direction=(diff / diff.norm()).float().cpu(),
-        raw_norm=float(diff.norm()),
-        resid_norm=float(torch.cat(norms).median()),
+    pos, neg = (
+        encode_prompts(model, texts, chat_template=chat_template, padding_side="right")
+        for texts in (positive, negative)
     )
+    return mean_difference_of(model, [pos], [neg], layer, exclude_first=exclude_first)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from prosv_lens.directions import resid_post
 from prosv_lens.models import LoadedModel
 from prosv_lens.prompts import TokenBatch
 from prosv_lens.types import AttentionMask, Resid, Tokens
@@ -97,7 +98,7 @@ def build_residual_cache(
     """
     if bool((batch.attention_mask[:, :-1] < batch.attention_mask[:, 1:]).any()):
         raise ValueError("build_residual_cache needs a right-padded batch (padding_side='right')")
-    hook = model.hook_name(layer)
+    model.hook_name(layer)  # validates the layer before any work
     lengths = batch.attention_mask.sum(dim=1).tolist()
     total, d = sum(lengths), model.d_model
     keep = (
@@ -112,28 +113,14 @@ def build_residual_cache(
         storage = torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="w+", shape=(total, d)))
     else:
         storage = torch.empty(total, d, dtype=keep)
-    grabbed: dict[str, torch.Tensor] = {}
-
-    def grab(resid: Resid, hook: object) -> None:  # noqa: ARG001 - TL hook signature
-        grabbed["resid"] = resid.detach()
-
     cursor = 0
-    batch = batch.to(model.device)
     starts = range(0, batch.batch_size, chunk)
-    with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(hook, grab)]):
-        for s in tqdm(starts, disable=not progress, desc=f"caching resid_post[{layer}]"):
-            rows = slice(s, s + chunk)
-            mask = batch.attention_mask[rows]
-            model.bridge(
-                batch.input_ids[rows],
-                attention_mask=mask,
-                position_ids=batch.position_ids[rows],
-                stop_at_layer=layer + 1,
-            )
-            for r in range(mask.shape[0]):
-                n = int(mask[r].sum())
-                storage[cursor : cursor + n] = grabbed["resid"][r, :n].to(keep).cpu()
-                cursor += n
+    for s in tqdm(starts, disable=not progress, desc=f"caching resid_post[{layer}]"):
+        rows = slice(s, s + chunk)
+        resid = resid_post(model, batch.input_ids[rows], batch.attention_mask[rows], layer)
+        for r, n in enumerate(lengths[rows]):
+            storage[cursor : cursor + n] = resid[r, :n].to(keep).cpu()
+            cursor += n
     return ResidualCache(layer, lengths, storage, path, model.dtype)
 
 
