@@ -20,13 +20,25 @@ from dataclasses import dataclass
 from typing import Any, final
 
 import torch
-from torch import nn
+from jaxtyping import Float
+from torch import Tensor, nn
 
 from prosv_lens.errors import SteeringStateError, VectorMismatchError
 from prosv_lens.models import LoadedModel, hook_name
 from prosv_lens.positions import PositionSpec, ResolvedPositions
 from prosv_lens.prompts import TokenBatch
 from prosv_lens.types import HookName, Logits, PosMask, Resid, Vector
+
+
+def add_at_positions(resid: Resid, mask: PosMask, delta: Float[Tensor, "*rows d_model"]) -> Resid:
+    """``resid + delta`` where ``mask`` is True, ``resid`` bit-for-bit elsewhere.
+
+    ``delta`` is one vector ``[d_model]`` for every row, or one per row ``[batch, d_model]``.
+    """
+    delta = delta.to(device=resid.device, dtype=resid.dtype)
+    if delta.ndim == 2:
+        delta = delta[:, None, :]
+    return torch.where(mask[..., None], resid + delta, resid)
 
 
 class AbstractIntervention(nn.Module, ABC):
@@ -111,8 +123,7 @@ class SteeringVector(AbstractIntervention):
         return self.alpha * self.v
 
     def edit(self, resid: Resid, mask: PosMask) -> Resid:
-        delta = self.delta.to(device=resid.device, dtype=resid.dtype)
-        return torch.where(mask[..., None], resid + delta, resid)
+        return add_at_positions(resid, mask, self.delta)
 
     def scaled(self, factor: float) -> "SteeringVector":
         """A copy with ``alpha * factor`` (e.g. an FSSV at 50% of its learned factor)."""

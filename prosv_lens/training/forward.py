@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from prosv_lens.interventions import add_at_positions
 from prosv_lens.models import LoadedModel
 from prosv_lens.prompts import TokenBatch, position_ids_from_mask
 from prosv_lens.training.fastpath import ResidualCache, UpperStack
@@ -68,10 +69,6 @@ def gather_rows(
     return RowBatch(ids, attn, steer, resp, tuple(sources))
 
 
-def _edit(resid: Resid, steer_mask: PosMask, deltas: Deltas) -> Resid:
-    return torch.where(steer_mask[..., None], resid + deltas[:, None, :].to(resid.dtype), resid)
-
-
 def _targets(rows: RowBatch) -> tuple[PosMask, Tensor, Tensor]:
     """Predictor positions (``t`` predicts token ``t+1``), target ids and row ids."""
     sel = rows.response_mask[:, 1:]
@@ -103,7 +100,7 @@ def logprobs_fast(
         by_source.setdefault(k, []).append(r)
     for k, row_list in by_source.items():
         resid[row_list] = caches[k].padded([rows.sources[r][1] for r in row_list], width, device)
-    resid = _edit(resid, rows.steer_mask.to(device), deltas)
+    resid = add_at_positions(resid, rows.steer_mask.to(device), deltas)
     hidden = upper.hidden(resid, rows.attention_mask.to(device), rows.position_ids.to(device))
     sel, targets, row_ids = _targets(rows)
     logits = upper.logits(hidden[:, :-1][sel.to(device)])
@@ -120,7 +117,7 @@ def logprobs_full(
     steer = rows.steer_mask.to(device)
 
     def hook(resid: Resid, hook: object) -> Resid:  # noqa: ARG001 - TL hook signature
-        return _edit(resid, steer, deltas)
+        return add_at_positions(resid, steer, deltas)
 
     with model.bridge.hooks(fwd_hooks=[(model.hook_name(layer), hook)]):
         logits = model.bridge(
