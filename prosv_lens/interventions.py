@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from prosv_lens.errors import SteeringStateError, VectorMismatchError
-from prosv_lens.models import LoadedModel, hook_name
+from prosv_lens.models import LoadedModel, hook_name, pattern_hook_name
 from prosv_lens.positions import PositionSpec, ResolvedPositions
 from prosv_lens.prompts import TokenBatch
 from prosv_lens.types import HookName, Logits, PosMask, Resid, Vector
@@ -196,6 +196,14 @@ def _make_hook(
     return hook
 
 
+def _finite_pattern(pattern: Tensor, hook: Any) -> Tensor:  # noqa: ARG001 - TL hook signature
+    """Zero NaN attention patterns. TransformerLens 4.3 softmaxes rotary attention in float32
+    even for a float64 model, so the -1.8e308 mask of a fully masked query row (a leading pad of
+    a left-padded row) becomes -inf and the row NaN, which then reaches real tokens through
+    0 * NaN. Real rows never hold NaN, so nothing else changes."""
+    return torch.nan_to_num(pattern, nan=0.0)
+
+
 @contextmanager
 def steering(
     model: LoadedModel,
@@ -207,7 +215,9 @@ def steering(
     """Attach interventions for the forward passes in the ``with`` body, then remove them.
 
     Positions are resolved against ``batch`` before anything is attached (a bad spec raises and
-    attaches nothing). Several interventions compose: at the same hook their edits add up.
+    attaches nothing). Several interventions compose: at the same hook their edits add up. For a
+    float64 model the context also zeroes NaN attention patterns of fully masked padding rows
+    (see :func:`_finite_pattern`), so left-padded float64 batches compute correctly.
 
     Args:
         model: the model to steer.
@@ -226,6 +236,8 @@ def steering(
         check_compatible(model, iv)
         resolved = iv.positions.resolve(batch)
         hooks.append((iv.hook_name, _make_hook(iv, resolved, state)))
+    if model.dtype == torch.float64:
+        hooks += [(pattern_hook_name(i), _finite_pattern) for i in range(model.n_layers)]
     with model.bridge.hooks(fwd_hooks=hooks):
         yield state
 

@@ -77,6 +77,11 @@ def hook_name(layer: int) -> HookName:
     return f"blocks.{layer}.hook_resid_post"
 
 
+def pattern_hook_name(layer: int) -> HookName:
+    """The attention pattern of block ``layer`` (``[batch, head_index, query_pos, key_pos]``)."""
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A frozen TransformerLens model plus the tokenizer prosv-lens tokenises with.

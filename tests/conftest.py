@@ -50,29 +50,3 @@ def _seed_and_no_leaked_hooks():
     for m in _LOADED:
         m.bridge.reset_hooks()
     assert not leaked, f"hooks left attached after the test: {leaked}"
-
-
-@pytest.fixture
-def finite_fp64_patterns():
-    """Returns a function that makes a float64 model's attention patterns NaN-free for the test.
-
-    TransformerLens 4.3 computes the softmax of rotary attention in float32 even for a float64
-    model, so the -1.8e308 mask of a fully masked query row (the leading pads of a left-padded
-    row) becomes -inf and that row's pattern NaN, which then leaks into real tokens through
-    0 * NaN. Zeroing NaN patterns changes nothing else: real rows never contain NaN.
-    """
-    attached = []
-
-    def scrub(pattern, hook):
-        return torch.nan_to_num(pattern, nan=0.0)
-
-    def install(model: LoadedModel) -> None:
-        names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.n_layers)]
-        for name in names:
-            model.bridge.hook_dict[name].add_hook(scrub)
-        attached.append(model)
-
-    yield install
-    for model in attached:
-        for i in range(model.n_layers):
-            model.bridge.hook_dict[f"blocks.{i}.attn.hook_pattern"].remove_hooks()

@@ -3,7 +3,13 @@ import torch
 from _shared import PROMPTS, SPECS
 
 from prosv_lens.generation import GenerationConfig, check_cache_equivalence, generate
-from prosv_lens.interventions import AbstractIntervention, SteeringVector, steering
+from prosv_lens.interventions import (
+    AbstractIntervention,
+    SteeringVector,
+    run_with_steering,
+    steering,
+)
+from prosv_lens.models import make_tiny_model
 from prosv_lens.positions import PositionSpec
 from prosv_lens.prompts import encode_prompts
 
@@ -203,3 +209,22 @@ def test_stops_at_end_of_turn_and_pads_after(tiny):
 def test_bad_generation_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GenerationConfig(**kwargs)
+
+
+def test_float64_left_padding_is_finite_inside_steering_contexts():
+    """TransformerLens 4.3 gives NaN for left-padded float64 batches (fp32 softmax of a fully
+    masked pad row); prosv-lens's steering context zeroes those patterns and changes nothing else."""
+    model = make_tiny_model()
+    model.bridge.to(torch.float64)
+    batch = encode_prompts(model, PROMPTS, padding_side="left")
+    bare = model.bridge(
+        batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    )
+    assert bool(bare.isnan().any())  # the upstream problem this guards against
+    sv = _vector(model, "f2+l2")
+    steered = run_with_steering(model, sv, batch)
+    for i, p in enumerate(PROMPTS):
+        alone = run_with_steering(model, sv, encode_prompts(model, [p]))[0]  # no padding, no NaN
+        assert (steered[i, batch.attention_mask[i].bool()] - alone).abs().max() <= 1e-9
+    report = check_cache_equivalence(model, batch, sv)
+    assert report.tokens_equal and report.max_abs_diff <= 1e-9
