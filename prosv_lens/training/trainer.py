@@ -122,6 +122,7 @@ class _Runner:
         spec = PositionSpec.parse(cfg.positions)
         self.batches: list[TokenBatch] = []
         self.masks: list[torch.Tensor] = []
+        self.lengths: list[list[int]] = []  # real tokens of each example of each dataset
         self.concepts: list[_Concept] = []
         for d in data:
             self._check(d)
@@ -175,6 +176,7 @@ class _Runner:
             )
         self.batches.append(batch)
         self.masks.append(mask)
+        self.lengths.append(batch.attention_mask.sum(dim=1).tolist())
         return len(self.batches) - 1
 
     def logprobs(self, sources: list[tuple[int, int]], deltas: torch.Tensor) -> SequenceLogprobs:
@@ -187,16 +189,17 @@ class _Runner:
         """Unsteered summed log-probs of winners and losers (fixed: computed once)."""
         with torch.no_grad():
             for c in self.concepts:
-                c.refs = [self.unsteered_logprobs(src).total for src in c.sources]
+                zero = torch.zeros(self.model.d_model, device=self.model.device)
+                c.refs = [self.all_logprobs(src, zero).total for src in c.sources]
 
-    def unsteered_logprobs(self, src: int, chunk: int = 8) -> SequenceLogprobs:
-        """Summed response log-probs of every example of dataset ``src`` with no steering."""
+    def all_logprobs(self, src: int, delta: torch.Tensor, chunk: int = 8) -> SequenceLogprobs:
+        """Summed response log-probs of every example of dataset ``src`` under one fixed edit
+        ``delta`` (``[d_model]``; zeros = unsteered), in chunks."""
         n = self.batches[src].batch_size
         parts = []
         for s in range(0, n, chunk):
             idx = list(range(s, min(n, s + chunk)))
-            zero = torch.zeros(len(idx), self.model.d_model, device=self.model.device)
-            parts.append(self.logprobs([(src, i) for i in idx], zero))
+            parts.append(self.logprobs([(src, i) for i in idx], delta.expand(len(idx), -1)))
         return SequenceLogprobs(
             torch.cat([p.total for p in parts]), torch.cat([p.n_tokens for p in parts])
         )
@@ -219,11 +222,7 @@ class _Runner:
         memory and little padding. Returns each concept's mean loss (detached) and the tokens run.
         """
         units = [(k, i) for k, (_, idx) in enumerate(plan) for i in idx]
-        length = {
-            (k, i): int(self.batches[plan[k][0].sources[0]].attention_mask[i].sum())
-            for k, i in units
-        }
-        units.sort(key=lambda u: -length[u])
+        units.sort(key=lambda u: -self.lengths[plan[u[0]][0].sources[0]][u[1]])
         per_unit = len(plan[0][0].sources)
         size = max(1, self.micro_rows // per_unit)
         totals = [torch.zeros(()) for _ in plan]
@@ -254,7 +253,7 @@ class _Runner:
                 chunk, (per_example * weights).detach().cpu(), strict=True
             ):
                 totals[k] = totals[k] + contribution
-            tokens += sum(int(self.batches[src].attention_mask[i].sum()) for src, i in sources)
+            tokens += sum(self.lengths[src][i] for src, i in sources)
         return totals, tokens
 
 
@@ -410,16 +409,6 @@ def response_loss(
     cfg = TrainConfig(layer=layer, positions=str(vector.positions) if vector else positions,
                       max_response_tokens=max_response_tokens, epochs=1)  # fmt: skip
     runner = _Runner(model, [data], cfg)
-    delta = (
-        (vector.delta if vector is not None else torch.zeros(model.d_model))
-        .detach()
-        .to(model.device)
-    )
-    n, chunk, out = len(data.prompts), 8, []
+    delta = vector.delta.detach() if vector is not None else torch.zeros(model.d_model)
     with torch.no_grad():
-        for s in range(0, n, chunk):
-            idx = list(range(s, min(n, s + chunk)))
-            out.append(
-                lang_loss(runner.logprobs([(0, i) for i in idx], delta.expand(len(idx), -1)))
-            )
-    return torch.cat(out)
+        return lang_loss(runner.all_logprobs(0, delta.to(model.device)))
