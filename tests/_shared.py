@@ -1,9 +1,19 @@
 """Constants and helpers shared by several test modules (imported as ``_shared``)."""
 
+from pathlib import Path
+
+import pytest
 import torch
 
+from prosv_lens.generation import GenerationConfig, check_cache_equivalence, generate
+from prosv_lens.interventions import SteeringVector
 from prosv_lens.training.fastpath import UpperStack, build_residual_cache
 from prosv_lens.training.forward import RowBatch, logprobs_fast, logprobs_full
+
+AXBENCH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "axbench-concept10"
+needs_axbench = pytest.mark.skipif(
+    not AXBENCH.exists(), reason="shared AxBench Concept10 data not present"
+)
 
 PROMPTS = ["Name three colors.", "Hi", "Write a haiku about autumn leaves."]
 SPECS = [
@@ -36,3 +46,17 @@ def fast_and_full_grads(model, batch, rows: RowBatch, layer: int, alpha0: float,
     fast = run(lambda d: logprobs_fast(upper, [cache], rows, d))
     full = run(lambda d: logprobs_full(model, layer, rows, d))
     return fast, full
+
+
+def assert_cached_equals_uncached(model, batch, *, layer, alpha, specs, max_new_tokens, atol=1e-4):
+    """For each spec: a unit random vector times ``alpha`` gives equal cached and uncached greedy
+    decoding (logits within ``atol``) and moves the first-step logits by more than 1."""
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0))
+    first_step = GenerationConfig(max_new_tokens=1)
+    plain = generate(model, batch, (), first_step, record_logits=True).step_logits
+    for spec in specs:
+        sv = SteeringVector(v / v.norm(), layer=layer, positions=spec, alpha=alpha)
+        report = check_cache_equivalence(model, batch, sv, max_new_tokens=max_new_tokens)
+        assert report.tokens_equal and report.max_abs_diff <= atol, (spec, report)
+        steered = generate(model, batch, sv, first_step, record_logits=True).step_logits
+        assert (steered - plain).abs().max() > 1.0, spec

@@ -1,8 +1,8 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from _shared import AXBENCH, needs_axbench
 
 from prosv_lens.baselines import (
     AXBENCH_FACTORS,
@@ -22,10 +22,6 @@ from prosv_lens.concepts import (
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.training import train
 
-AXBENCH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "axbench-concept10"
-needs_axbench = pytest.mark.skipif(
-    not AXBENCH.exists(), reason="shared AxBench Concept10 data not present"
-)
 POS = ConceptData(
     "sea", ("Describe a beach.", "Say hi."), ("Waves and salty sea spray.", "Hi from the ocean!")
 )

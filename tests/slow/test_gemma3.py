@@ -2,11 +2,9 @@
 
 import pytest
 import torch
-from _shared import fast_and_full_grads
+from _shared import assert_cached_equals_uncached, fast_and_full_grads
 
 from prosv_lens.errors import PositionSpecError
-from prosv_lens.generation import GenerationConfig, check_cache_equivalence, generate
-from prosv_lens.interventions import SteeringVector
 from prosv_lens.positions import PositionSpec
 from prosv_lens.prompts import encode_prompts
 from prosv_lens.training.forward import gather_rows
@@ -28,18 +26,14 @@ def test_plain_prompts_get_one_bos_and_no_chat_roles(gemma64):
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_cached_equals_uncached_on_gemma3(gemma64, side):
     batch = encode_prompts(gemma64, PROMPTS, padding_side=side)
-    v = torch.randn(gemma64.d_model, generator=torch.Generator().manual_seed(0))
-    plain = generate(
-        gemma64, batch, (), GenerationConfig(max_new_tokens=1), record_logits=True
-    ).step_logits
-    for spec in ["f2+l2", "all", "role:user"]:
-        sv = SteeringVector(v / v.norm(), layer=7, positions=spec, alpha=20000.0)
-        report = check_cache_equivalence(gemma64, batch, sv, max_new_tokens=4)
-        assert report.tokens_equal and report.max_abs_diff <= 1e-4, (spec, report)
-        steered = generate(
-            gemma64, batch, sv, GenerationConfig(max_new_tokens=1), record_logits=True
-        ).step_logits
-        assert (steered - plain).abs().max() > 1.0, spec
+    assert_cached_equals_uncached(
+        gemma64,
+        batch,
+        layer=7,
+        alpha=20000.0,
+        specs=["f2+l2", "all", "role:user"],
+        max_new_tokens=4,
+    )
 
 
 @pytest.mark.parametrize("spec", ["f2+l2", "all"])

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _shared import assert_cached_equals_uncached
 
 from prosv_lens.cli import main
 from prosv_lens.generation import GenerationConfig, check_cache_equivalence, generate
@@ -61,18 +62,9 @@ def test_cached_equals_uncached_for_every_spec_in_float64(smol64, side):
     """Float64 removes most fp32 reduction-order noise (~5e-5 here, the same with no vector),
     so 1e-4 tests the steering logic itself; the vector moves logits by > 1 at every spec."""
     batch = encode_prompts(smol64, PROMPTS, padding_side=side)
-    v = torch.randn(smol64.d_model, generator=torch.Generator().manual_seed(0))
-    plain = generate(
-        smol64, batch, (), GenerationConfig(max_new_tokens=1), record_logits=True
-    ).step_logits
-    for spec in SPECS:
-        sv = SteeringVector(v / v.norm(), layer=12, positions=spec, alpha=400.0)
-        report = check_cache_equivalence(smol64, batch, sv, max_new_tokens=5)
-        assert report.tokens_equal and report.max_abs_diff <= 1e-4, (spec, report)
-        steered = generate(
-            smol64, batch, sv, GenerationConfig(max_new_tokens=1), record_logits=True
-        ).step_logits
-        assert (steered - plain).abs().max() > 1.0, spec
+    assert_cached_equals_uncached(
+        smol64, batch, layer=12, alpha=400.0, specs=SPECS, max_new_tokens=5
+    )
 
 
 def test_cached_equals_uncached_in_float32_at_float32_noise(smol):

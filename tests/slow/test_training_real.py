@@ -1,10 +1,8 @@
 """Real training on the embedded SmolLM2 with AxBench Concept10 data (slow: ~1.5 min)."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from _shared import fast_and_full_grads
+from _shared import AXBENCH, fast_and_full_grads, needs_axbench
 
 from prosv_lens.concepts import load_axbench_concept
 from prosv_lens.positions import PositionSpec
@@ -14,24 +12,14 @@ from prosv_lens.training.forward import gather_rows
 from prosv_lens.vector_io import load_vector, save_vector
 
 pytestmark = pytest.mark.slow
-AXBENCH = (
-    Path(__file__).resolve().parents[2]
-    / ".."
-    / "shared"
-    / "data"
-    / "axbench-concept10"
-    / "prod_2b_l10_v1"
-)
-needs_axbench = pytest.mark.skipif(
-    not AXBENCH.exists(), reason="shared AxBench Concept10 data not present"
-)
+DATA = AXBENCH / "prod_2b_l10_v1"
 LAYER = 12  # 40% of SmolLM2's 30 layers, the paper's relative depth
 
 
 @needs_axbench
 @pytest.mark.parametrize("spec", ["f2+l2", "all"])
 def test_fast_path_matches_full_path_on_smollm2(smol, spec):
-    data = load_axbench_concept(AXBENCH, 0).subset(range(3))
+    data = load_axbench_concept(DATA, 0).subset(range(3))
     batch = encode_prompts(
         smol,
         list(data.prompts),
@@ -53,7 +41,7 @@ def test_joint_prosv_lowers_held_out_loss_on_a_real_concept(smol, tmp_path):
     """Concept 0 ('references to specific dates and publication information'): train on 32
     positives, 6 epochs; held-out = positives 56..71. Measured here: 2.478 -> 2.348 nats/token;
     the threshold asks for at least 0.08 below the unsteered model."""
-    data = load_axbench_concept(AXBENCH, 0)
+    data = load_axbench_concept(DATA, 0)
     train_part, held_out = data.subset(range(32)), data.subset(range(56, 72))
     cfg = TrainConfig.prosv(LAYER, epochs=6, batch_size=8, max_response_tokens=64)
     before = response_loss(smol, held_out, None, layer=LAYER, max_response_tokens=64).mean()
