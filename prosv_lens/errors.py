@@ -31,3 +31,7 @@ class SteeringStateError(ProsvError, RuntimeError):
 
 class TrainingDivergedError(ProsvError, FloatingPointError):
     """A loss or gradient became NaN/inf or exploded during training."""
+
+
+class JudgeError(ProsvError):
+    """A judge cannot run: missing API key, unreachable endpoint, missing embedding model."""
