@@ -15,10 +15,10 @@ def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_n():
 
 
 def test_harmonic_mean_zero_rule_and_rating_bounds():
-    assert harmonic_mean(2, 2, 2) == pytest.approx(2.0)
-    assert harmonic_mean(1, 2, 2) == pytest.approx(1.5)
-    assert harmonic_mean(0, 2, 2) == 0.0
+    assert harmonic_mean(2.0, 2.0, 2.0) == pytest.approx(2.0)
+    assert harmonic_mean(1.0, 2.0, 2.0) == pytest.approx(1.5)
+    assert harmonic_mean(0.0, 2.0, 2.0) == 0.0
     r = Rating(1.0, 2.0, 2.0, {"why": "test"})
     assert Rating.from_dict(r.to_dict()) == r and r.to_dict()["overall"] == pytest.approx(1.5)
     with pytest.raises(ValueError, match="outside"):
-        Rating(2.5, 1, 1)
+        Rating(2.5, 1.0, 1.0)
