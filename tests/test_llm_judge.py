@@ -249,10 +249,10 @@ def test_429_is_retried_and_retry_after_is_honoured(server, judge_for):
 
 
 def test_timeout_is_retried(server, judge_for):
-    server.delay_first = 0.6
-    ratings = judge_for(timeout_s=0.2).rate(ITEMS[:1])
+    server.delay_first = 1.2  # the first completion cannot arrive within the timeout
+    ratings = judge_for(timeout_s=0.5).rate(ITEMS[:1])
     assert _scores(ratings) == EXPECTED[:1]
-    assert server.completions == 3 + 1
+    assert server.completions >= 3 + 1
 
 
 def test_500_storm_exhausts_retries_with_clear_error(server, judge_for):
@@ -281,7 +281,9 @@ def test_other_4xx_fails_fast_with_server_message(server, judge_for):
     assert server.completions == 1
 
 
-def test_cache_rerun_pays_nothing_and_settings_change_misses(server, judge_for, monkeypatch):
+def test_cache_rerun_pays_nothing_and_settings_change_misses(
+    server, judge_for, monkeypatch, tmp_path
+):
     first = judge_for().rate(ITEMS)
     assert server.completions == 12
     server.counts.clear()
@@ -291,6 +293,7 @@ def test_cache_rerun_pays_nothing_and_settings_change_misses(server, judge_for, 
     assert _scores(again) == _scores(first)
     assert all(again[0].details[c]["cached"] for c in CRITERIA)
     assert KEY not in json.dumps([r.to_dict() for r in again])
+    assert not any(KEY in f.read_text() for f in (tmp_path / "cache").rglob("*.json"))
     monkeypatch.setenv(KEY_ENV, KEY)
     judge_for(temperature=0.7).rate(ITEMS)
     assert server.completions == 12
