@@ -1,5 +1,41 @@
 """Evaluation: judges, steering evaluation, utility under steering and robustness."""
 
+from prosv_lens.evaluation.judge_prompts import PROMPT_VERSION, parse_rating
 from prosv_lens.evaluation.judges import CRITERIA, Judge, JudgeItem, Rating, harmonic_mean
+from prosv_lens.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
+from prosv_lens.evaluation.records import ResultFileError, ResultLog
+from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
+from prosv_lens.evaluation.steering_eval import (
+    EvalConfig,
+    EvalTask,
+    Method,
+    MethodScore,
+    evaluate_steering,
+    format_scores,
+    summarize,
+    tasks_from,
+)
 
-__all__ = ["CRITERIA", "Judge", "JudgeItem", "Rating", "harmonic_mean"]
+__all__ = [
+    "CRITERIA",
+    "PROMPT_VERSION",
+    "Estimate",
+    "EvalConfig",
+    "EvalTask",
+    "Judge",
+    "JudgeItem",
+    "LLMJudge",
+    "LLMJudgeConfig",
+    "Method",
+    "MethodScore",
+    "Rating",
+    "ResultFileError",
+    "ResultLog",
+    "bootstrap_mean",
+    "evaluate_steering",
+    "format_scores",
+    "harmonic_mean",
+    "parse_rating",
+    "summarize",
+    "tasks_from",
+]
