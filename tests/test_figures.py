@@ -1,0 +1,36 @@
+"""Every plotting function renders from saved results alone (no model) and writes PNG + PDF."""
+
+import json
+
+import pytest
+
+from prosv_lens.evaluation.stats import bootstrap_mean
+from prosv_lens.figures import save, steering_scores_figure, tradeoff_figure
+
+
+def _est(*values: float) -> dict:
+    return bootstrap_mean(list(values)).to_dict()
+
+
+def test_evaluation_figures_render_from_json(tmp_path):
+    scores = [
+        {
+            "method": m,
+            **{k: _est(0.5 * i, 1.0, 2.0) for k in ("concept", "instruct", "fluency", "overall")},
+        }
+        for i, m in enumerate(["unsteered", "prompt", "diffmean", "prosv", "fssv"])
+    ]
+    points = [
+        {"method": m, "utility": _est(0.4, 0.6), "robustness": _est(0.2 * i, 1.0)}
+        for i, m in enumerate(["prosv", "fssv", "fssv 80%", "fssv 50%"])
+    ]
+    saved = json.loads(json.dumps({"scores": scores, "points": points}))  # as read back from disk
+    for name, fig in [
+        ("scores", steering_scores_figure(saved["scores"], "ocean")),
+        ("tradeoff", tradeoff_figure(saved["points"])),
+    ]:
+        paths = save(fig, tmp_path / name)
+        assert [p.suffix for p in paths] == [".png", ".pdf"]
+        assert all(p.stat().st_size > 1000 for p in paths)
+    with pytest.raises(ValueError, match="no scores"):
+        steering_scores_figure([])
