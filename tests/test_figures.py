@@ -5,7 +5,12 @@ import json
 import pytest
 
 from prosv_lens.evaluation.stats import bootstrap_mean
-from prosv_lens.figures import save, steering_scores_figure, tradeoff_figure
+from prosv_lens.figures import (
+    save,
+    steering_scores_figure,
+    tradeoff_figure,
+    training_curves_figure,
+)
 
 
 def _est(*values: float) -> dict:
@@ -24,10 +29,15 @@ def test_evaluation_figures_render_from_json(tmp_path):
         {"method": m, "utility": _est(0.4, 0.6), "robustness": _est(0.2 * i, 1.0)}
         for i, m in enumerate(["prosv", "fssv", "fssv 80%", "fssv 50%"])
     ]
-    saved = json.loads(json.dumps({"scores": scores, "points": points}))  # as read back from disk
+    logs = {
+        n: [{"step": t, "loss": 3 - t / 10, "alpha": 8 + t, "v_norm": 1 + t / 5} for t in range(6)]
+        for n in ("prosv", "fssv")
+    }
+    saved = json.loads(json.dumps({"scores": scores, "points": points, "logs": logs}))
     for name, fig in [
         ("scores", steering_scores_figure(saved["scores"], "ocean")),
         ("tradeoff", tradeoff_figure(saved["points"])),
+        ("training", training_curves_figure(saved["logs"])),
     ]:
         paths = save(fig, tmp_path / name)
         assert [p.suffix for p in paths] == [".png", ".pdf"]

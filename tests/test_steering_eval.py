@@ -140,3 +140,21 @@ def test_result_log_errors(tmp_path):
         split_tasks(tasks_from(["only one"]), EvalConfig())
     with pytest.raises(ValueError, match="concept"):
         Method.prompt(template="no field")
+
+
+def test_unsplit_suite_scores_every_task_and_refuses_selection(tiny, tmp_path):
+    log = ResultLog(tmp_path / "rows.jsonl", KEY_FIELDS)
+    methods = _methods(tiny)
+    tasks = [
+        t.__class__(t.instruction_id, t.instruction, "Avoid apples. " + t.prompt)
+        for t in tasks_from(INSTRUCTIONS[:4])
+    ]
+    rows = evaluate_steering(
+        tiny, "apples", methods[:3], tasks, HashJudge(), log, CFG, suite="robustness", split=False
+    )
+    assert len(rows) == 12 and {r["split"] for r in rows} == {"test"}
+    assert all(
+        r["prompt"].endswith(r["instruction"]) and r["prompt"] != r["instruction"] for r in rows
+    )
+    with pytest.raises(ValueError, match="one candidate"):
+        evaluate_steering(tiny, "apples", methods, tasks, HashJudge(), log, CFG, split=False)

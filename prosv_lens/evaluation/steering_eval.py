@@ -146,6 +146,7 @@ def evaluate_steering(
     cfg: EvalConfig | None = None,
     *,
     suite: str = "steering",
+    split: bool = True,
 ) -> list[dict]:
     """Generate, judge and store every (method, factor, instruction) row not yet in ``log``.
 
@@ -159,13 +160,20 @@ def evaluate_steering(
         log: where rows go (create with ``ResultLog(path, KEY_FIELDS)``).
         cfg: sampling and split settings.
         suite: a label separating e.g. ``"steering"`` from ``"robustness"`` rows in one file.
+        split: ``False`` scores every task (no selection half; e.g. robustness of vectors whose
+            factor was already chosen); methods that need selection are then refused.
 
     Returns:
         This suite's rows for ``concept`` (old and new) of the given methods.
     """
     cfg = cfg or EvalConfig()
+    if split:
+        select, test = split_tasks(tasks, cfg)
+    else:
+        select, test = [], list(tasks)
+        if any(m.needs_selection for m in methods):
+            raise ValueError("split=False: every method must have one candidate (no selection)")
     judge.check()
-    select, test = split_tasks(tasks, cfg)
     for method in methods:
         if method.needs_selection:
             for factor, vector in method.candidates:
