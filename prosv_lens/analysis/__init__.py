@@ -30,8 +30,8 @@ from prosv_lens.analysis.path_patching import (
     PathPatchingResult,
     generate_under_patch,
     judge_under_patch,
-    path_patching,
     patched_logits,
+    path_patching,
 )
 from prosv_lens.analysis.results import ResultFileError, SavedResult
 
