@@ -6,9 +6,11 @@ the model being steered writes the data. For each instruction:
 * **responses** (the LM targets; SimPO's winners): the model answers a *weave-in prompt*
   (system turn :data:`WEAVE_SYSTEM`, user turn :data:`WEAVE_USER`: the instruction plus a
   reminder) that tells it to bring the concept into its answer.
-  A 135M model often ignores that request, so it writes ``candidates`` answers (the greedy one
-  and ``candidates - 1`` samples) and the one with the most concept-keyword hits is kept (ties
-  keep the earlier, i.e. the greedy answer). Keywords default to the concept's content words
+  A 135M model often ignores that request, so an instruction whose greedy answer lacks the
+  concept gets up to ``candidates - 1`` sampled answers more (stopping once one has
+  ``enough_hits`` concept-keyword hits), and the best is kept: the most hits, counted up to
+  ``enough_hits`` (so a loop repeating the concept word does not win), then the least repetitive
+  (largest share of distinct words), then the earliest. Keywords default to the concept's content words
   (``"space and astronomy"`` -> ``space``, ``astrono``; see :func:`keyword_hits` for the
   matching); pass your own (related words) to widen them. The per-row hit counts come
   back in :class:`BuiltConcept`, so how often the concept really appears is measured, not assumed.
@@ -45,7 +47,8 @@ WEAVE_SYSTEM = (
     "even when the question is about something else."
 )
 WEAVE_USER = "{instruction} (Mention {concept} in your answer.)"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # of concept files; bump when the selection rule changes
+_PLAIN_FORMAT_VERSION = 1
 _STOPWORDS = frozenset(
     ("a", "an", "and", "or", "the", "of", "to", "in", "on", "for", "with", "about", "by", "from",
      "into", "as", "its", "their", "this", "that", "these", "those", "things", "related",
@@ -61,8 +64,9 @@ class BuildConfig:
     Attributes:
         n_train: rows to build (the first ``n_train`` instructions).
         max_new_tokens: answer length cap, for responses and negatives alike.
-        candidates: concept answers written per instruction (1 = greedy only); the one with the
-            most keyword hits is kept.
+        candidates: at most this many concept answers per instruction (1 = greedy only).
+        enough_hits: an instruction gets no further candidate once its best answer has this
+            many keyword hits; hits count up to this cap when candidates are compared.
         temperature / top_p: sampling of candidates 2.. (candidate 1 is greedy).
         seed: seeds the samplers (the global RNG is untouched).
         batch_size: instructions per generation batch.
@@ -74,6 +78,7 @@ class BuildConfig:
     n_train: int = 64
     max_new_tokens: int = 96
     candidates: int = 3
+    enough_hits: int = 1
     temperature: float = 0.8
     top_p: float = 0.95
     seed: int = 0
@@ -82,7 +87,7 @@ class BuildConfig:
     user_template: str = WEAVE_USER
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "max_new_tokens", "candidates", "batch_size"):
+        for name in ("n_train", "max_new_tokens", "candidates", "enough_hits", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConceptDataError(
                     f"BuildConfig.{name} must be an int >= 1, got {getattr(self, name)!r}"
@@ -223,6 +228,8 @@ def build_concept(
     bad = [i for i, s in enumerate(chosen) if not isinstance(s, str) or not s.strip()]
     if bad:
         raise ConceptDataError(f"instructions must be non-empty strings (bad indices: {bad[:5]})")
+    if isinstance(keywords, str):
+        raise ConceptDataError(f"keywords must be a sequence of words, got the string {keywords!r}")
     keys = tuple(k.lower() for k in keywords) if keywords is not None else concept_keywords(concept)
     if not keys or not all(isinstance(k, str) and k.strip() for k in keys):
         raise ConceptDataError(f"keywords must be non-empty strings, got {keywords!r}")
@@ -275,7 +282,7 @@ def plain_answers(
     cfg = cfg or BuildConfig()
     folder = Path(cache_dir or default_cache_dir()) / "concepts" / concept_slug(model.model_id)
     key = {
-        "format": _FORMAT_VERSION,
+        "format": _PLAIN_FORMAT_VERSION,
         "model_id": model.model_id,
         "chat_template": model.chat_template_hash,
         "max_new_tokens": cfg.max_new_tokens,
@@ -305,6 +312,15 @@ def weave_prompt(model: LoadedModel, concept: str, instruction: str, cfg: BuildC
     return f"{system}\n\nQuestion: {user}\nAnswer:"
 
 
+def _score(text: str, keywords: Sequence[str], enough: int) -> tuple[int, float]:
+    """(keyword hits capped at ``enough``, share of distinct words): higher is better. The cap
+    keeps a degenerate loop that repeats the concept word from beating a fluent answer."""
+    if not text:
+        return (-1, 0.0)
+    words = text.lower().split()
+    return (min(keyword_hits(text, keywords), enough), len(set(words)) / max(1, len(words)))
+
+
 def _concept_answers(
     model: LoadedModel,
     concept: str,
@@ -312,12 +328,17 @@ def _concept_answers(
     cfg: BuildConfig,
     keywords: Sequence[str],
 ) -> tuple[list[str], list[int]]:
-    """Per instruction, the candidate with the most keyword hits, and its hit count."""
-    best: list[str] = [""] * len(instructions)
-    best_hits = [-1] * len(instructions)
+    """Per instruction, the best candidate (see :func:`_score`) and its keyword hit count.
+
+    Round 0 answers every instruction greedily; each later round samples a new answer only for
+    the instructions whose best answer so far has fewer than ``cfg.enough_hits`` hits.
+    """
+    best = [""] * len(instructions)
+    best_score = [(-1, 0.0)] * len(instructions)
     for c in range(cfg.candidates):
-        for b in range(0, len(instructions), cfg.batch_size):
-            part = instructions[b : b + cfg.batch_size]
+        pending = [i for i, sc in enumerate(best_score) if sc[0] < cfg.enough_hits]
+        for b in range(0, len(pending), cfg.batch_size):
+            rows = pending[b : b + cfg.batch_size]
             gen = GenerationConfig(
                 max_new_tokens=cfg.max_new_tokens,
                 do_sample=c > 0,
@@ -325,14 +346,13 @@ def _concept_answers(
                 top_p=cfg.top_p,
                 seed=cfg.seed + 7919 * c + 104729 * b,
             )
-            prompts = [weave_prompt(model, concept, s, cfg) for s in part]
-            for i, text in enumerate(generate(model, prompts, (), gen).texts, start=b):
-                text = text.strip()
-                h = keyword_hits(text, keywords) if text else -1
-                if h > best_hits[i]:
-                    best[i], best_hits[i] = text, h
+            prompts = [weave_prompt(model, concept, instructions[i], cfg) for i in rows]
+            for i, text in zip(rows, generate(model, prompts, (), gen).texts, strict=True):
+                score = _score(text.strip(), keywords, cfg.enough_hits)
+                if score > best_score[i]:
+                    best[i], best_score[i] = text.strip(), score
     responses = [t or _EMPTY_FALLBACK for t in best]
-    return responses, [max(h, 0) for h in best_hits]
+    return responses, [keyword_hits(t, keywords) for t in responses]
 
 
 def _digest(obj: object) -> str:
