@@ -148,7 +148,7 @@ def test_bad_patches_are_rejected(m64, sv, seq, pair):
 
 @pytest.fixture(scope="module")
 def sweep(m64, sv, seq):
-    return path_patching(m64, seq, sv, top_layers=1)
+    return path_patching(m64, seq, sv, layer_components=("k", "v", "kv"), top_layers=1)
 
 
 def test_path_patching_sweep_measures_and_ranks(sweep, m64):

@@ -236,6 +236,7 @@ def path_patching(
     patches: Sequence[KVPatch] | None = None,
     *,
     modes: Sequence[str] = MODES,
+    layer_components: Sequence[str] = ("kv",),
     top_layers: int = 3,
 ) -> PathPatchingResult:
     """Measure restore/inject patches of the steered columns' keys and values.
@@ -243,10 +244,12 @@ def path_patching(
     Args:
         model, seq, vector: the model, the paired sequences and the (prompt-only) vector.
         patches: the patches to run in every mode. ``None`` runs the default sweep: all layers
-            above ``L`` together and each single layer, for ``k``, ``v`` and ``kv``; then every
-            single key/value head (``kv``) of the ``top_layers`` layers whose ``kv`` restore
-            removes most of the effect.
+            above ``L`` together for ``k``, ``v`` and ``kv``; each single layer for
+            ``layer_components``; then every single key/value head (``kv``) of the
+            ``top_layers`` layers whose ``kv`` restore removes most of the effect.
         modes: ``"restore"`` and/or ``"inject"``.
+        layer_components: components of the single-layer sweep (default sweep only; must
+            include ``"kv"``, which ranks the layers). ``("k", "v", "kv")`` triples its cost.
         top_layers: how many layers get a per-head sweep (default sweep only).
 
     Returns:
@@ -255,6 +258,10 @@ def path_patching(
     for m in modes:
         if m not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {m!r}")
+    if patches is None and (
+        "kv" not in layer_components or set(layer_components) - set(COMPONENTS)
+    ):
+        raise ValueError(f"layer_components must include 'kv' (and only {COMPONENTS})")
     above = layers_above(model, vector)
     if not above:
         raise ValueError(
@@ -278,7 +285,7 @@ def path_patching(
         measure(patches)
     else:
         measure([KVPatch(above, c) for c in COMPONENTS])
-        measure([KVPatch((layer,), c) for layer in above for c in COMPONENTS])
+        measure([KVPatch((layer,), c) for layer in above for c in layer_components])
         total = float(kl_div(lp_s, lp_u, seq.gen_valid).sum())
         restore_kv = [
             (layer, float(kl.sum()))
