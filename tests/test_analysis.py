@@ -308,3 +308,26 @@ def test_results_round_trip_exactly(tmp_path, m64, sv, seq, sweep):
         PathPatchingResult.load(tmp_path / "r1")
     with pytest.raises(ResultFileError, match="must both exist"):
         KnockoutResult.load(tmp_path / "missing")
+
+
+def test_judge_under_patch_rates_the_regenerated_answers(m64, sv, seq):
+    from prosv_lens.analysis import judge_under_patch
+    from prosv_lens.evaluation.judges import Judge, Rating
+
+    class CountingJudge(Judge):
+        name = "counting"
+
+        def rate(self, items):
+            self.items = list(items)
+            return [Rating(min(2.0, len(i.response) / 2), 1.0, 1.0) for i in items]
+
+    judge = CountingJudge()
+    patch = KVPatch(layers_above(m64, sv), "v")
+    gen, ratings = judge_under_patch(
+        m64, seq, sv, patch, "inject", judge, concept="c", instructions=PROMPTS,
+        config=GenerationConfig(max_new_tokens=3),
+    )  # fmt: skip
+    assert [i.response for i in judge.items] == list(gen.texts) and len(ratings) == len(PROMPTS)
+    assert {i.concept for i in judge.items} == {"c"}
+    with pytest.raises(ValueError, match="instructions"):
+        judge_under_patch(m64, seq, sv, patch, "inject", judge, concept="c", instructions=["x"])
