@@ -304,3 +304,14 @@ def test_suppression_prompts_reject_bad_input():
     for args in (([], CONCEPT), (INSTRUCTIONS, "  "), (["ok", " "], CONCEPT)):
         with pytest.raises(PromptError):
             suppression_prompts(*args)
+
+
+def test_kl_of_prompt_steering_compares_the_same_continuation(tiny):
+    same = kl_damage(tiny, None, PROMPTS, CFG, steered_prompts=PROMPTS)
+    assert same.mean == 0.0  # the same prompts: nothing changes
+    prompted = kl_damage(
+        tiny, None, PROMPTS, CFG, steered_prompts=[f"Talk about apples. {p}" for p in PROMPTS]
+    )
+    assert prompted.mean > 0.0 and prompted.n_tokens == same.n_tokens
+    with pytest.raises(ValueError, match="steered prompts"):
+        kl_damage(tiny, None, PROMPTS, CFG, steered_prompts=PROMPTS[:1])

@@ -4,6 +4,7 @@ from prosv_lens.evaluation.judge_prompts import PROMPT_VERSION, parse_rating
 from prosv_lens.evaluation.judges import CRITERIA, Judge, JudgeItem, Rating, harmonic_mean
 from prosv_lens.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
 from prosv_lens.evaluation.records import ResultFileError, ResultLog
+from prosv_lens.evaluation.robustness import SuppressionPrompt, suppression_prompts
 from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
 from prosv_lens.evaluation.steering_eval import (
     EvalConfig,
@@ -14,6 +15,18 @@ from prosv_lens.evaluation.steering_eval import (
     format_scores,
     summarize,
     tasks_from,
+)
+from prosv_lens.evaluation.utility import (
+    KLConfig,
+    KLDamage,
+    UtilityConfig,
+    UtilityItem,
+    UtilityResult,
+    evaluate_utility,
+    kl_damage,
+    load_tiny_gsm8k,
+    load_tiny_mmlu,
+    load_utility_items,
 )
 
 __all__ = [
@@ -38,4 +51,16 @@ __all__ = [
     "parse_rating",
     "summarize",
     "tasks_from",
+    "KLConfig",
+    "KLDamage",
+    "SuppressionPrompt",
+    "UtilityConfig",
+    "UtilityItem",
+    "UtilityResult",
+    "evaluate_utility",
+    "kl_damage",
+    "load_tiny_gsm8k",
+    "load_tiny_mmlu",
+    "load_utility_items",
+    "suppression_prompts",
 ]

@@ -363,6 +363,8 @@ def kl_damage(
     interventions: Interventions,
     prompts: Sequence[Prompt],
     config: KLConfig | None = None,
+    *,
+    steered_prompts: Sequence[Prompt] | None = None,
 ) -> KLDamage:
     """Mean KL(unsteered || steered) of next-token distributions on unsteered continuations.
 
@@ -381,6 +383,8 @@ def kl_damage(
         interventions: what to steer with; ``None`` or ``()`` measures the model against itself.
         prompts: neutral prompts (strings or message lists), e.g. the built-in utility prompts.
         config: continuation length, batch size and system message.
+        steered_prompts: for prompt steering: the steered pass reads the same continuation after
+            these prompts instead (e.g. the instruction behind a steering prompt); one per prompt.
 
     Returns:
         A :class:`KLDamage` in nats. Model weights are never modified.
@@ -388,6 +392,8 @@ def kl_damage(
     cfg = config or KLConfig()
     if not prompts:
         raise ValueError("kl_damage needs at least one prompt")
+    if steered_prompts is not None and len(steered_prompts) != len(prompts):
+        raise ValueError(f"{len(steered_prompts)} steered prompts for {len(prompts)} prompts")
     ivs = _as_list(interventions)
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
     sums, counts = [0.0] * len(prompts), [0] * len(prompts)
@@ -396,13 +402,18 @@ def kl_damage(
         gen = generate(model, prompt, (), gen_cfg)
         batch = continuation_batch(gen.prompt, gen.tokens, gen.lengths).to(model.device)
         where = predicting_mask(batch)
+        s_batch, s_where = batch, where
+        if steered_prompts is not None:  # same continuation tokens, so the same count per row
+            s_prompt = encode_prompts(model, [steered_prompts[i] for i in chunk], system=cfg.system)
+            s_batch = continuation_batch(s_prompt, gen.tokens, gen.lengths).to(model.device)
+            s_where = predicting_mask(s_batch)
         with torch.no_grad():
             # The unsteered pass also runs in a (vector-free) steering context: for float64
             # models it carries the padding-row NaN fix, so both passes compute alike.
             with steering(model, (), batch):
                 base = _logits(model, batch)[where].double().log_softmax(dim=-1)
-            with steering(model, ivs, batch):
-                steered = _logits(model, batch)[where].double().log_softmax(dim=-1)
+            with steering(model, ivs, s_batch):
+                steered = _logits(model, s_batch)[s_where].double().log_softmax(dim=-1)
         kl = (base.exp() * (base - steered)).sum(dim=-1).cpu()  # [positions], row-major order
         per_row = where.sum(dim=1).tolist()
         for i, part in zip(chunk, kl.split(per_row), strict=True):
