@@ -5,3 +5,26 @@ from prosv_lens.figures.style import save
 from prosv_lens.figures.training import training_curves_figure
 
 __all__ = ["save", "steering_scores_figure", "tradeoff_figure", "training_curves_figure"]
+
+from prosv_lens.figures.analysis import (  # noqa: E402 - added after the evaluation exports
+    attention_heatmap_figure,
+    decay_figure,
+    head_attribution_figure,
+    knockout_figure,
+    kv_path_figure,
+    logit_lens_figure,
+    logit_lens_table,
+)
+from prosv_lens.figures.regenerate import FiguresError, regenerate_figures  # noqa: E402
+
+__all__ += [
+    "FiguresError",
+    "attention_heatmap_figure",
+    "decay_figure",
+    "head_attribution_figure",
+    "knockout_figure",
+    "kv_path_figure",
+    "logit_lens_figure",
+    "logit_lens_table",
+    "regenerate_figures",
+]
