@@ -10,7 +10,8 @@ plotting reads without a model:
 * :func:`knockout` — cut attention to the steered positions, and what that does alone;
 * :func:`effect_decay` — effect size along the answer, PrOSV vs FSSV;
 * :func:`vector_logit_lens`, :func:`residual_diff_lens`, :func:`head_attribution` — the edit
-  in vocabulary space.
+  in vocabulary space;
+* :func:`run_attention_analysis` — the chosen analyses end to end, saved with an index.
 """
 
 from prosv_lens.analysis.attention_flow import AttentionFlowResult, attention_flow
@@ -34,8 +35,10 @@ from prosv_lens.analysis.path_patching import (
     path_patching,
 )
 from prosv_lens.analysis.results import ResultFileError, SavedResult
+from prosv_lens.analysis.run import ANALYSES, run_attention_analysis
 
 __all__ = [
+    "ANALYSES",
     "AttentionFlowResult",
     "DecayResult",
     "HeadAttributionResult",
@@ -58,6 +61,7 @@ __all__ = [
     "path_patching",
     "prosv_vs_fssv",
     "residual_diff_lens",
+    "run_attention_analysis",
     "run_pair",
     "vector_logit_lens",
 ]
