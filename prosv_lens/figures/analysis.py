@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from prosv_lens.analysis import (
     AttentionFlowResult,
@@ -92,13 +93,13 @@ def attention_heatmap_figure(
     width = 1.4 + 0.22 * n_heads
     fig, axes = figure(max(width, 2.8), max(height, 2.2), ncols=2 if show_steered else 1)
     axes = list(axes) if show_steered else [axes]
-    what = "mass on steered positions" + (" (without the first)" if skip_first_slot else "")
-    _heatmap(axes[0], diff, flow.layers, f"steered - unsteered {what}", diverging=True)
-    axes[0].set_title("change in attention")
+    sink = " (first one left out)" if skip_first_slot else ""
+    _heatmap(axes[0], diff, flow.layers, "steered - unsteered", diverging=True)
+    axes[0].set_title(f"change in attention to the steered positions{sink}", fontsize=8)
     if show_steered:
         steered = attention_mass(flow, skip_first_slot=skip_first_slot)
-        _heatmap(axes[1], steered, flow.layers, f"steered-run {what}", diverging=False)
-        axes[1].set_title("steered run")
+        _heatmap(axes[1], steered, flow.layers, "attention mass", diverging=False)
+        axes[1].set_title(f"steered run: attention to the steered positions{sink}", fontsize=8)
     if title:
         fig.suptitle(title)
     return fig
@@ -182,7 +183,7 @@ def knockout_figure(
             ax.plot(np.full(per_row.shape, x), per_row, ".", color="black", ms=3)
     ax.set_xticks(range(len(results)), [_knockout_label(k) for k in results], fontsize=7)
     ax.set_ylabel("KL per answer token, nats")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(title or "attention knock-out of the steered positions")
     return fig
 
@@ -246,6 +247,7 @@ def kv_path_figure(pp: PathPatchingResult, *, measure: str = "kl", title: str = 
                     color=MODE_COLORS[mode], label=f"{mode} {comp}",
                 )  # fmt: skip
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("one layer at a time")
     ax.legend(fontsize=6)
     # (3) single heads
