@@ -128,7 +128,7 @@ def test_knockout_figure_bars_are_the_pooled_means(saved, tmp_path):
     assert np.allclose(heights, expect)
     assert heights[0] > 0 and heights[2] == pytest.approx(0, abs=1e-9)  # renormalised: cut fully
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert labels == ["L1-2, renormalised", "L1-2, not renormalised"]
+    assert labels == ["L1-2\nrenormalised", "L1-2\nnot renormalised"]
     _written(fig, tmp_path / "ko")
     with pytest.raises(ValueError, match="no knock-out"):
         knockout_figure([])
@@ -165,6 +165,7 @@ def test_logit_lens_figure_and_table(saved, tmp_path):
 def test_display_token_decodes_byte_level_and_sentencepiece():
     assert display_token("Ġocean") == "␣ocean"
     assert display_token("Ċ") == "⏎"
+    assert display_token("ĉ") == "⇥"  # a byte-level tab
     assert display_token("▁the") == "␣the"
     assert display_token("âĢĻ") == "\u2019"  # a byte-level curly apostrophe
     assert display_token("æµ·") == "\\u6d77"  # a CJK character the font lacks is escaped

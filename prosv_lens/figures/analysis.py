@@ -143,7 +143,7 @@ def _knockout_label(ko: KnockoutResult) -> str:
         where = f"L{layers[0]}-{layers[-1]}"
     else:
         where = "L" + ",".join(map(str, layers))
-    return f"{where}, {'renormalised' if ko.renormalize else 'not renormalised'}"
+    return f"{where}\n{'renormalised' if ko.renormalize else 'not renormalised'}"
 
 
 def knockout_figure(
@@ -226,7 +226,7 @@ def kv_path_figure(pp: PathPatchingResult, *, measure: str = "kl", title: str = 
             if rows:
                 ax.bar(k + (j - 0.5) * width, carried[rows[0]], width, color=MODE_COLORS[mode])
     ax.set_xticks(range(3), ["keys", "values", "both"])
-    ax.set_title("all layers above L")
+    ax.set_title("all layers above L", fontsize=8)
     ax.set_ylabel(f"share of the effect ({measure})")
     # (2) single layers
     ax = axes[1]
@@ -248,7 +248,7 @@ def kv_path_figure(pp: PathPatchingResult, *, measure: str = "kl", title: str = 
                 )  # fmt: skip
     ax.set_xlabel("layer")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title("one layer at a time")
+    ax.set_title("one layer at a time", fontsize=8)
     ax.legend(fontsize=6)
     # (3) single heads
     if heads:
@@ -266,12 +266,14 @@ def kv_path_figure(pp: PathPatchingResult, *, measure: str = "kl", title: str = 
                     ax.bar(g + (j - 0.5) * width, carried[rows[0]], width, color=MODE_COLORS[mode])
         names = [f"L{ly}h{','.join(map(str, hs))}" for ly, hs in groups]
         ax.set_xticks(range(len(groups)), names, rotation=60, fontsize=7)
-        ax.set_title(f"one key/value head ({pp.n_heads // pp.n_kv_heads} query heads each)")
+        ax.set_title(
+            f"one key/value head ({pp.n_heads // pp.n_kv_heads} query heads each)", fontsize=8
+        )
     for ax in axes:
         ax.axhline(0, color="black", lw=0.5)
         ax.axhline(1, color="black", lw=0.5, ls=":")
     handles = [Patch(color=MODE_COLORS[m], label=MODE_WORDS[m]) for m in modes]
-    axes[0].legend(handles=handles, fontsize=6, loc="upper left")
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncols=len(handles))
     fig.suptitle(title or f"keys vs values of the steered positions (vector at L{pp.layer})")
     return fig
 
@@ -303,12 +305,12 @@ def _has_glyph(ch: str) -> bool:
 def display_token(token: str) -> str:
     """A readable form of a raw vocabulary string: byte-level BPE decoded to text, the
     sentencepiece space mark turned into a space, then spaces shown as ``␣``, newlines as ``⏎``,
-    and other control or non-Latin characters escaped (fonts lack them)."""
+    tabs as ``⇥``, and other control or non-Latin characters escaped (fonts lack them)."""
     if token and all(ch in _BYTES for ch in token):
         token = bytes(_BYTES[ch] for ch in token).decode("utf-8", errors="replace")
-    token = token.replace("\u2581", " ").replace(" ", "␣").replace("\n", "⏎")
+    token = token.replace("\u2581", " ").replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
     return "".join(
-        ch if ch in "␣⏎\ufffd" or (ch.isprintable() and _has_glyph(ch)) else f"\\u{ord(ch):04x}"
+        ch if ch in "␣⏎⇥\ufffd" or (ch.isprintable() and _has_glyph(ch)) else f"\\u{ord(ch):04x}"
         for ch in token
     )
 
