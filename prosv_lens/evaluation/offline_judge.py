@@ -23,7 +23,7 @@ Method (each piece chosen on AxBench ``train_data.parquet`` and fitted there, ne
   pair of thresholds maps them to 0/1/2 for every concept.
 * **Instruction relevance.** ``(cos(instruction, response) + max over sentences of
   cos(instruction, sentence)) / 2``; a response to its own instruction scores far above the
-  same response paired with another instruction (AUROC about 0.997 on the train data).
+  same response paired with another instruction (AUROC 0.996 on the train data).
 * **Fluency.** Degeneration statistics of the text (repeated word-3-gram rate, distinct
   word-2-grams, zlib compression ratio, non-alphabetic character fraction) plus, when a
   reference model is given, the mean teacher-forced NLL (nats/token) of the response given the
