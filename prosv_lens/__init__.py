@@ -4,20 +4,30 @@ Pipeline (each stage imports only from earlier ones)::
 
     load_model -> encode_prompts -> ConceptData -> PositionSpec -> SteeringVector / steering()
                -> save_vector / load_vector -> mean_difference -> train() -> generate()
-               -> baselines
+               -> build_concept_data -> baselines
+               -> evaluation (judges, evaluate_steering, kl_damage, evaluate_utility)
+               -> analysis (pair_sequences -> attention_flow / path_patching / knockout / ...)
+               -> figures -> demo
 """
 
 from prosv_lens._version import __version__
 from prosv_lens.baselines import classic_sv_config, diffmean, factor_grid, prompt_steered
+from prosv_lens.builder import BuildConfig, build_concept_data
 from prosv_lens.concepts import (
     ConceptData,
     LabeledResponses,
+    builtin_concepts,
+    builtin_instructions,
     load_axbench_concept,
     load_axbench_latent_eval,
+    load_axbench_training_set,
+    load_builtin_concept,
     load_jsonl_concept,
+    resolve_axbench,
 )
 from prosv_lens.directions import MeanDifference, mean_difference
 from prosv_lens.errors import (
+    JudgeError,
     ModelLoadError,
     PositionSpecError,
     PromptError,
@@ -26,6 +36,20 @@ from prosv_lens.errors import (
     TrainingDivergedError,
     VectorFileError,
     VectorMismatchError,
+)
+from prosv_lens.evaluation import (
+    EvalConfig,
+    Judge,
+    JudgeItem,
+    LLMJudge,
+    LLMJudgeConfig,
+    Method,
+    OfflineJudge,
+    Rating,
+    evaluate_steering,
+    evaluate_utility,
+    kl_damage,
+    summarize,
 )
 from prosv_lens.generation import (
     CacheEquivalence,
@@ -55,6 +79,26 @@ from prosv_lens.training import TrainConfig, TrainResult, response_loss, train
 from prosv_lens.vector_io import load_vector, read_metadata, save_vector
 
 __all__ = [
+    "BuildConfig",
+    "EvalConfig",
+    "Judge",
+    "JudgeError",
+    "JudgeItem",
+    "LLMJudge",
+    "LLMJudgeConfig",
+    "Method",
+    "OfflineJudge",
+    "Rating",
+    "build_concept_data",
+    "builtin_concepts",
+    "builtin_instructions",
+    "evaluate_steering",
+    "evaluate_utility",
+    "kl_damage",
+    "load_axbench_training_set",
+    "load_builtin_concept",
+    "resolve_axbench",
+    "summarize",
     "DEFAULT_MODEL",
     "FSSV",
     "PROSV_DEFAULT",

@@ -34,12 +34,39 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from prosv_lens.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(
-        model=args.model, layer=args.layer, max_new_tokens=args.max_new_tokens, out_dir=args.out
-    )
-    run = run_demo(cfg)
+    given = {k: getattr(args, k) for k in _DEMO_FIELDS if getattr(args, k) is not None}
+    run = run_demo(DemoConfig(model=args.model, out_dir=args.out, **given))
     _out((run / "report.md").read_text())
     _out(f"run folder: {run}")
+    return 0
+
+
+_DEMO_FIELDS = ("concept", "layer", "epochs", "n_train", "n_eval", "max_new_tokens", "n_utility", "n_kl_prompts",
+                "judge", "run", "seed")  # fmt: skip
+
+
+def _cmd_judge_validate(args: argparse.Namespace) -> int:
+    from prosv_lens.evaluation.judge_validation import format_validation, validate_offline_judge
+    from prosv_lens.evaluation.offline_judge import OfflineJudge
+
+    judge = OfflineJudge()  # one judge: embeddings are computed once across folders
+    results = [validate_offline_judge(folder, judge) for folder in args.axbench]
+    _out(format_validation(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    return 0
+
+
+def _cmd_build_concept(args: argparse.Namespace) -> int:
+    from prosv_lens.builder import build_concept_data
+    from prosv_lens.models import load_model
+
+    model = load_model(args.model, device=args.device)
+    for concept in args.concepts:
+        data = build_concept_data(model, concept)
+        _out(f"{concept}: {len(data)} examples")
+        for p, r in list(zip(data.prompts, data.responses, strict=True))[: args.show]:
+            _out(f"  Q: {p}\n  A: {r[:300]}")
     return 0
 
 
@@ -202,12 +229,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prosv-lens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="steer the model; unsteered vs PrOSV vs FSSV side by side")
+    p = sub.add_parser("demo", help="the whole pipeline on one concept: data, training, "
+                       "baselines, judged steering, utility, robustness, report")  # fmt: skip
     _model_arg(p)
+    p.add_argument("--concept", default=None, help="a built-in concept (default: the ocean) or any "
+                   "concept (its data is built with the model first and cached)")  # fmt: skip
     p.add_argument("--layer", type=int, default=None, help="layer to steer (default: 40%% depth)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
+    p.add_argument("--n-train", type=int, default=None, help="training examples (default: all)")
+    p.add_argument("--n-eval", type=int, default=None, help="held-out instructions (default 40)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default 64)")
+    p.add_argument("--n-utility", type=int, default=None, help="utility items (default: all)")
+    p.add_argument("--n-kl-prompts", type=int, default=None, help="KL prompts (default 16)")
+    p.add_argument("--judge", choices=["offline", "llm"], default=None,
+                   help="offline (default) or llm: an OpenAI-compatible endpoint from "
+                   "OPENAI_API_KEY, PROSV_JUDGE_BASE_URL, PROSV_JUDGE_MODEL")  # fmt: skip
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--run", default=None, help="an existing run folder to resume")
     p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "judge-validate", help="AUROC of the offline judge on AxBench latent_eval data"
+    )
+    p.add_argument("--axbench", nargs="+", required=True,
+                   help="AxBench configuration folders (metadata.jsonl + latent_eval_data.parquet)")  # fmt: skip
+    p.add_argument("--json", default=None, help="also write the tables' numbers to this file")
+    p.set_defaults(func=_cmd_judge_validate)
+
+    p = sub.add_parser("build-concept", help="build (and cache) training data for any concept")
+    _model_arg(p)
+    p.add_argument("concepts", nargs="+")
+    p.add_argument("--show", type=int, default=3, help="examples to print")
+    p.set_defaults(func=_cmd_build_concept)
 
     p = sub.add_parser("positions", help="show which tokens a position spec selects")
     _model_arg(p)

@@ -35,3 +35,8 @@ class TrainingDivergedError(ProsvError, FloatingPointError):
 
 class JudgeError(ProsvError):
     """A judge cannot run: missing API key, unreachable endpoint, missing embedding model."""
+
+
+class ResultFileError(ProsvError):
+    """A saved result (judged rows, an analysis result) is corrupt, of another kind, or from an
+    unknown format version."""

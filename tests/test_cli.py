@@ -18,12 +18,31 @@ def test_console_script_help_lists_subcommands():
     exe = str(beside) if beside.exists() else shutil.which("prosv")
     assert exe, "the prosv console script is not installed"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
-    for cmd in ("demo", "positions", "generate", "check-cache", "inspect", "models"):
+    for cmd in (
+        "demo",
+        "positions",
+        "generate",
+        "check-cache",
+        "inspect",
+        "models",
+        "judge-validate",
+        "build-concept",
+    ):
         assert cmd in out
 
 
 @pytest.mark.parametrize(
-    "cmd", ["demo", "positions", "generate", "check-cache", "inspect", "models"]
+    "cmd",
+    [
+        "demo",
+        "positions",
+        "generate",
+        "check-cache",
+        "inspect",
+        "models",
+        "judge-validate",
+        "build-concept",
+    ],
 )
 def test_every_subcommand_has_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:

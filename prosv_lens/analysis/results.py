@@ -13,14 +13,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from prosv_lens.errors import ProsvError
+from prosv_lens.errors import ResultFileError
 
 FORMAT_VERSION = 1
 R = TypeVar("R", bound="SavedResult")
-
-
-class ResultFileError(ProsvError):
-    """A saved analysis result is missing, of another kind, or from an unknown format version."""
 
 
 def _tuples(value: Any) -> Any:

@@ -1,8 +1,14 @@
 """Evaluation: judges, steering evaluation, utility under steering and robustness."""
 
 from prosv_lens.evaluation.judge_prompts import PROMPT_VERSION, parse_rating
+from prosv_lens.evaluation.judge_validation import (
+    JudgeValidation,
+    format_validation,
+    validate_offline_judge,
+)
 from prosv_lens.evaluation.judges import CRITERIA, Judge, JudgeItem, Rating, harmonic_mean
 from prosv_lens.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
+from prosv_lens.evaluation.offline_judge import OfflineJudge, OfflineJudgeConfig
 from prosv_lens.evaluation.records import ResultFileError, ResultLog
 from prosv_lens.evaluation.robustness import SuppressionPrompt, suppression_prompts
 from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
@@ -63,4 +69,9 @@ __all__ = [
     "load_tiny_mmlu",
     "load_utility_items",
     "suppression_prompts",
+    "JudgeValidation",
+    "OfflineJudge",
+    "OfflineJudgeConfig",
+    "format_validation",
+    "validate_offline_judge",
 ]

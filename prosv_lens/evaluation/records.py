@@ -12,11 +12,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from prosv_lens.errors import ProsvError
-
-
-class ResultFileError(ProsvError):
-    """A result file is corrupt (not a torn last line) or holds rows of another run."""
+from prosv_lens.errors import ResultFileError
 
 
 class ResultLog:

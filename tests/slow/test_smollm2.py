@@ -1,5 +1,7 @@
 """Real-model tests on the embedded SmolLM2-135M-Instruct (slow: ~1-2 min in all on 2 CPU cores)."""
 
+import json
+
 import pytest
 import torch
 from _shared import assert_cached_equals_uncached
@@ -85,14 +87,40 @@ def test_generation_stops_at_end_of_turn(smol):
 
 
 def test_demo_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--max-new-tokens", "6", "--out", str(tmp_path)]) == 0
+    """The whole pipeline at smoke size: trains, judges, measures utility, writes the report."""
+    args = ["demo", "--epochs", "1", "--n-train", "12", "--n-eval", "4", "--max-new-tokens", "4",
+            "--n-utility", "4", "--n-kl-prompts", "2", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| instruction | unsteered | PrOSV f2+l2 | FSSV all |" in out
+    assert "| method | alpha | concept | instruct | fluency | **overall** |" in out
     run = next(tmp_path.glob("demo-*"))
-    prosv = load_vector(run / "prosv")
+    prosv = load_vector(run / "vectors" / "prosv")
     assert (
         str(prosv.positions) == "f2+l2"
         and prosv.layer == 12
         and prosv.model_id == "smollm2-135m-instruct"
     )
-    assert str(load_vector(run / "fssv").positions) == "all"
+    assert str(load_vector(run / "vectors" / "fssv").positions) == "all"
+    results = json.loads((run / "results.json").read_text())
+    assert [s["method"] for s in results["steering"]] == [
+        "unsteered",
+        "prompt",
+        "diffmean",
+        "prosv",
+        "fssv",
+    ]
+    assert set(results["utility"]) == {
+        "unsteered",
+        "prompt",
+        "diffmean",
+        "prosv",
+        "fssv",
+        "fssv 80%",
+        "fssv 50%",
+    }
+    assert all((run / f).exists() for f in results["figures"])
+    rows = (run / "rows.jsonl").read_text().splitlines()
+    # 2 test answers x 4 single-candidate methods + DiffMean's 4 factors x 2 + 2; robustness 7 x 2.
+    assert len(rows) == 8 + 10 + 14
+    assert main([*args, "--run", str(run)]) == 0  # resuming: nothing is generated twice
+    assert len((run / "rows.jsonl").read_text().splitlines()) == len(rows)

@@ -1,0 +1,273 @@
+"""``prosv demo``: the whole pipeline on one concept, on the embedded model, in one run folder.
+
+1. **Data**: a built-in concept (made offline by :mod:`prosv_lens.builder` with the embedded model
+   and shipped with the package), or any concept the user names (built now, cached on disk).
+2. **Vectors**: PrOSV (``f2+l2``) and FSSV (``all``) trained jointly with the paper's presets, and
+   the baselines: DiffMean (factor selected on held-out instructions) and the steering prompt.
+3. **Steering score**: every method answers held-out instructions (sampled, temperature 1.0);
+   the judge rates concept / instruct / fluency; DiffMean's factor is chosen on the first half,
+   everything is scored on the second half (:mod:`prosv_lens.evaluation.steering_eval`).
+4. **Utility**: KL damage on neutral prompts and accuracy on the built-in utility set, for every
+   method and for FSSV at 80% and 50% of its factor.
+5. **Robustness**: answers to prompts that tell the model to avoid the concept, judged against
+   the original instruction.
+6. **Report**: ``report.md`` (tables with 95% CIs, sample answers, timings), ``results.json``,
+   the judged rows (``rows.jsonl``, resumable), the vectors and the figures.
+
+Every stage writes into the run folder; rerunning with the same ``--run`` folder resumes the
+judged generations instead of redoing them.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from prosv_lens.baselines import diffmean
+from prosv_lens.builder import build_concept_data
+from prosv_lens.concepts import (
+    ConceptData,
+    builtin_concepts,
+    builtin_instructions,
+    load_builtin_concept,
+)
+from prosv_lens.demo.report import render_report, write_figures
+from prosv_lens.evaluation.judges import Judge
+from prosv_lens.evaluation.offline_judge import OfflineJudge
+from prosv_lens.evaluation.records import ResultLog
+from prosv_lens.evaluation.robustness import suppression_prompts
+from prosv_lens.evaluation.steering_eval import (
+    KEY_FIELDS,
+    EvalConfig,
+    EvalTask,
+    Method,
+    evaluate_steering,
+    selected_factor,
+    summarize,
+    tasks_from,
+)
+from prosv_lens.evaluation.utility import (
+    KLConfig,
+    UtilityConfig,
+    evaluate_utility,
+    kl_damage,
+    load_utility_items,
+)
+from prosv_lens.interventions import SteeringVector
+from prosv_lens.models import DEFAULT_MODEL, LoadedModel, load_model
+from prosv_lens.training import TrainConfig, train
+from prosv_lens.vector_io import save_vector
+
+DIFFMEAN_FACTORS = (0.1, 0.2, 0.4, 0.8)  # x the median residual norm at the layer
+FSSV_FRACTIONS = (0.8, 0.5)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of ``prosv demo``; the defaults finish in about 15 minutes on a 2-core CPU.
+
+    Attributes:
+        model: the model (default: the embedded SmolLM2-135M-Instruct).
+        concept: a built-in concept name, or any concept (then built with the model and cached).
+        layer: steered block (``None``: 40% of the depth, the paper's relative layer).
+        epochs: training epochs for PrOSV and FSSV (the paper's other settings are kept).
+        n_train: use only the first N training examples (``None``: all; for quick checks).
+        n_eval: held-out instructions; the first half selects DiffMean's factor, the second half
+            scores every method.
+        max_new_tokens: answer length for the judged generations.
+        n_utility: built-in utility items used (``None``: all).
+        n_kl_prompts: neutral prompts for KL damage.
+        judge: ``"offline"`` (validated embedding + perplexity judge) or ``"llm"``.
+        out_dir / run: parent folder of new runs, or an existing run folder to resume.
+        seed: sampling seed.
+    """
+
+    model: str = DEFAULT_MODEL
+    concept: str = "the ocean"
+    layer: int | None = None
+    epochs: int = 8
+    n_train: int | None = None
+    n_eval: int = 40
+    max_new_tokens: int = 64
+    n_utility: int | None = None
+    n_kl_prompts: int = 16
+    judge: str = "offline"
+    out_dir: str = "runs"
+    run: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.judge not in ("offline", "llm"):
+            raise ValueError(f"judge must be 'offline' or 'llm', got {self.judge!r}")
+        if self.n_eval < 4 or self.epochs < 1 or self.n_kl_prompts < 1:
+            raise ValueError("n_eval must be >= 4, epochs and n_kl_prompts >= 1")
+
+
+class _Stages:
+    """Times each stage and shows progress."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.bar = tqdm(total=len(names), desc="prosv demo", unit="stage")
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[], object]) -> object:
+        self.bar.set_postfix_str(name)
+        t0 = time.perf_counter()
+        out = fn()
+        self.seconds[name] = round(time.perf_counter() - t0, 1)
+        self.bar.update()
+        return out
+
+
+def concept_data(model: LoadedModel, concept: str) -> ConceptData:
+    """The built-in data for a built-in concept, else data built now with ``model`` (cached)."""
+    if concept in builtin_concepts():
+        return load_builtin_concept(concept)
+    return build_concept_data(model, concept)
+
+
+def make_judge(kind: str, model: LoadedModel) -> Judge:
+    """The offline judge (fluency under ``model`` unsteered) or the LLM judge from the env."""
+    if kind == "llm":
+        from prosv_lens.evaluation.llm_judge import LLMJudge
+
+        return LLMJudge()
+    return OfflineJudge(reference=model)
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run the pipeline; returns the run folder (``report.md``, ``results.json``, ...)."""
+    t0 = time.perf_counter()
+    run = Path(cfg.run) if cfg.run else Path(cfg.out_dir) / time.strftime("demo-%Y%m%d-%H%M%S")
+    run.mkdir(parents=True, exist_ok=True)
+    st = _Stages(
+        ["model", "data", "train", "baselines", "steering", "utility", "robustness", "report"]
+    )
+    model = st.run("model", lambda: load_model(cfg.model))
+    judge = make_judge(cfg.judge, model)
+    judge.check()  # before any work: a missing key or embedding model fails here
+    layer = cfg.layer if cfg.layer is not None else round(0.4 * model.n_layers)
+    data = st.run("data", lambda: concept_data(model, cfg.concept))
+    if cfg.n_train is not None:
+        data = data.subset(range(min(len(data), cfg.n_train)))
+    vectors, logs = st.run("train", lambda: _train(model, data, layer, cfg))
+    md = st.run("baselines", lambda: _diffmean(model, data, layer))
+    direction = SteeringVector(
+        md.direction, layer=layer, positions="all", alpha=1.0, model_id=model.model_id,
+        chat_template_hash=model.chat_template_hash, info={"method": "diffmean", "concept": data.name},
+    )  # fmt: skip
+    for name, sv in {**vectors, "diffmean": direction}.items():
+        save_vector(sv, run / "vectors" / name)
+    methods = [
+        Method.unsteered(),
+        Method.prompt(),
+        Method.factor_search("diffmean", direction, DIFFMEAN_FACTORS, unit=md.resid_norm),
+        Method.vector("prosv", vectors["prosv"]),
+        Method.vector("fssv", vectors["fssv"]),
+    ]
+    eval_cfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    instructions = list(builtin_instructions("eval"))[: cfg.n_eval]
+    log = ResultLog(run / "rows.jsonl", KEY_FIELDS)
+    st.run(
+        "steering",
+        lambda: evaluate_steering(
+            model, data.name, methods, tasks_from(instructions), judge, log, eval_cfg
+        ),
+    )
+    factor = selected_factor(log.rows, data.name, "diffmean")
+    chosen = {
+        "prompt": None,
+        "diffmean": direction.replace(alpha=factor * md.resid_norm),
+        "prosv": vectors["prosv"],
+        "fssv": vectors["fssv"],
+        **{f"fssv {f:.0%}": vectors["fssv"].scaled(f) for f in FSSV_FRACTIONS},
+    }
+    utility = st.run("utility", lambda: _utility(model, data.name, chosen, instructions, cfg))
+    st.run(
+        "robustness",
+        lambda: _robustness(model, data.name, chosen, instructions, judge, log, eval_cfg),
+    )
+    results = {
+        "config": asdict(cfg),
+        "model": model.model_id,
+        "layer": layer,
+        "concept": data.name,
+        "n_train": len(data),
+        "judge": judge.name,
+        "resid_norm": md.resid_norm,
+        "diffmean_factor": factor,
+        "alphas": {n: None if v is None else float(v.alpha) for n, v in chosen.items()},
+        "vector_norms": {n: float(v.v.norm()) for n, v in vectors.items()},
+        "steering": [s.to_dict() for s in summarize(log.rows, "steering")],
+        "robustness": [s.to_dict() for s in summarize(log.rows, "robustness")],
+        "utility": utility,
+        "training": {n: {"seconds": logs[n]["seconds"], "log": logs[n]["log"]} for n in vectors},
+    }
+    st.run("report", lambda: _report(run, results))
+    results["seconds"] = {**st.seconds, "total": round(time.perf_counter() - t0, 1)}
+    st.bar.close()
+    (run / "results.json").write_text(json.dumps(results, indent=2))
+    (run / "report.md").write_text(render_report(results, log.rows))
+    return run
+
+
+def _train(model: LoadedModel, data: ConceptData, layer: int, cfg: DemoConfig) -> tuple[dict, dict]:
+    """PrOSV and FSSV with the paper's presets (only the epochs changed), and their logs."""
+    vectors, logs = {}, {}
+    for name, tc in (
+        ("prosv", TrainConfig.prosv(layer, epochs=cfg.epochs)),
+        ("fssv", TrainConfig.fssv(layer, epochs=cfg.epochs)),
+    ):
+        result = train(model, data, tc, progress=False)
+        vectors[name] = result.vectors[data.name]
+        logs[name] = {"seconds": round(result.seconds, 1), "log": result.logs[data.name]}
+    return vectors, logs
+
+
+def _diffmean(model: LoadedModel, data: ConceptData, layer: int):  # noqa: ANN202 - MeanDifference
+    if data.negatives is None:
+        raise ValueError(f"concept data {data.name!r} has no neutral responses for DiffMean")
+    negatives = replace(data, responses=data.negatives, negatives=None)
+    return diffmean(model, data, negatives, layer)
+
+
+def _utility(
+    model: LoadedModel, concept: str, chosen: dict, instructions: list[str], cfg: DemoConfig
+) -> dict:
+    """KL damage (held-out instructions as neutral prompts) and built-in utility accuracy."""
+    items = load_utility_items()[: cfg.n_utility]
+    kl_prompts = instructions[: cfg.n_kl_prompts]
+    base = evaluate_utility(model, None, items, UtilityConfig()).accuracy
+    out = {"unsteered": {"accuracy": base.to_dict(), "kl": None}}
+    for name, sv in chosen.items():
+        if sv is None:  # the prompt baseline: the same items / continuations behind the prompt
+            render = Method.prompt().render
+            prompted = [replace(it, prompt=render(it.prompt, concept)) for it in items]
+            acc = evaluate_utility(model, None, prompted, UtilityConfig()).accuracy
+            steered_prompts = [render(p, concept) for p in kl_prompts]
+            kl = kl_damage(model, None, kl_prompts, KLConfig(), steered_prompts=steered_prompts)
+        else:
+            acc = evaluate_utility(model, sv, items, UtilityConfig()).accuracy
+            kl = kl_damage(model, sv, kl_prompts, KLConfig())
+        out[name] = {"accuracy": acc.to_dict(), "kl": kl.estimate.to_dict()}
+    return out
+
+
+def _robustness(model, concept, chosen, instructions, judge, log, eval_cfg) -> None:  # noqa: ANN001
+    test = instructions[len(instructions) // 2 :]
+    attacks = suppression_prompts(test, concept, seed=eval_cfg.seed)
+    offset = len(instructions) // 2
+    tasks = [EvalTask(offset + i, a.instruction, a.prompt) for i, a in enumerate(attacks)]
+    methods = [Method.unsteered()] + [
+        Method.prompt() if sv is None else Method.vector(name, sv) for name, sv in chosen.items()
+    ]
+    evaluate_steering(
+        model, concept, methods, tasks, judge, log, eval_cfg, suite="robustness", split=False
+    )
+
+
+def _report(run: Path, results: dict) -> None:
+    results["figures"] = [str(p.relative_to(run)) for p in write_figures(run / "figures", results)]

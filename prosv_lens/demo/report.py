@@ -1,0 +1,93 @@
+"""The demo's report: markdown tables with 95% CIs, sample answers, figures, from saved results."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from prosv_lens.figures import save, steering_scores_figure, tradeoff_figure, training_curves_figure
+
+SUMMARY_METHODS = ("unsteered", "prompt", "diffmean", "prosv", "fssv")
+
+
+def _est(e: dict | None) -> str:
+    return "-" if e is None else f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
+def _cell(text: str, limit: int = 220) -> str:
+    text = text.strip().replace("|", "\\|").replace("\n", " ⏎ ")
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def write_figures(folder: Path, results: dict) -> list[Path]:
+    """The figures of one run (steering scores, utility-robustness trade-off, training curves)."""
+    title = f"{results['concept']} — {results['model']} L{results['layer']}"
+    paths = save(steering_scores_figure(results["steering"], title), folder / "steering_scores")
+    robust = {s["method"]: s["overall"] for s in results["robustness"]}
+    points = [
+        {"method": m, "utility": u["accuracy"], "robustness": robust[m]}
+        for m, u in results["utility"].items()
+        if m in robust
+    ]
+    paths += save(tradeoff_figure(points, title), folder / "utility_vs_robustness")
+    logs = {n: t["log"] for n, t in results["training"].items()}
+    paths += save(training_curves_figure(logs, title), folder / "training_curves")
+    return [p for p in paths if p.suffix == ".png"]
+
+
+def render_report(results: dict, rows: Sequence[dict]) -> str:
+    """Markdown: settings, the steering / utility / robustness tables, samples, timings."""
+    steering = {s["method"]: s for s in results["steering"]}
+    robust = {s["method"]: s for s in results["robustness"]}
+    util = results["utility"]
+    lines = [
+        f"# prosv demo — {results['concept']}",
+        "",
+        f"Model `{results['model']}`, layer {results['layer']}, {results['n_train']} training "
+        f"examples, judge `{results['judge']}`. Scores are 0-2 (harmonic mean of concept, "
+        "instruction relevance and fluency, 0 if any is 0), means with 95% bootstrap CIs over "
+        "held-out answers. DiffMean's factor was selected on the first half of the held-out "
+        f"instructions (x{results['diffmean_factor']:g} the median residual norm); the jointly "
+        "trained vectors use their learned factor as is.",
+        "",
+        "| method | alpha | concept | instruct | fluency | **overall** | KL damage (nats) | "
+        "utility accuracy | robustness (overall) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in SUMMARY_METHODS:
+        s, u = steering[m], util.get(m, {})
+        alpha = results["alphas"].get(m)
+        cells = [
+            m, "-" if alpha is None else f"{alpha:.1f}",
+            *(_est(s[k]) for k in ("concept", "instruct", "fluency")), f"**{_est(s['overall'])}**",
+            _est(u.get("kl")) if isinstance(u.get("kl"), dict) else ("0" if m == "unsteered" else "-"),
+            _est(u.get("accuracy")), _est(robust[m]["overall"]) if m in robust else "-",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "FSSV with its learned factor scaled down (utility / robustness trade-off):", ""]
+    lines += [
+        "| method | alpha | KL damage | utility accuracy | robustness (overall) |",
+        "|---|---|---|---|---|",
+    ]
+    for m in ("prosv", "fssv", *[k for k in util if k.startswith("fssv ")]):
+        u = util[m]
+        lines.append(
+            f"| {m} | {results['alphas'][m]:.1f} | {_est(u['kl'])} | {_est(u['accuracy'])} | "
+            f"{_est(robust[m]['overall']) if m in robust else '-'} |"
+        )
+    lines += ["", "## Sample answers (held-out instructions, test half)", ""]
+    lines += ["| method | instruction | answer | rating c/i/f |", "|---|---|---|---|"]
+    for m in SUMMARY_METHODS:
+        mine = [
+            r
+            for r in rows
+            if r["suite"] == "steering" and r["method"] == m and r["split"] == "test"
+        ]
+        for r in mine[:2]:
+            rating = f"{r['score_concept']:g}/{r['score_instruct']:g}/{r['score_fluency']:g}"
+            lines.append(
+                f"| {m} | {_cell(r['instruction'], 80)} | {_cell(r['response'])} | {rating} |"
+            )
+    lines += ["", "## Figures", ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in results.get("figures", [])]
+    secs = results.get("seconds", {})
+    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in secs.items()), ""]
+    return "\n".join(lines)

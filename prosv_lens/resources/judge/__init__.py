@@ -1,0 +1,1 @@
+"""Resources of the offline judge."""
