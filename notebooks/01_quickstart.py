@@ -31,13 +31,14 @@ from prosv_lens import GenerationConfig, TrainConfig, generate, load_model, save
 from prosv_lens.concepts import builtin_instructions, load_builtin_concept
 
 SMOKE = os.environ.get("PROSV_SMOKE") == "1"
-N_EXAMPLES, EPOCHS, N_TOKENS, N_PROMPTS = (12, 1, 8, 1) if SMOKE else (64, 4, 48, 3)
+N_EXAMPLES, EPOCHS, N_TOKENS, N_PROMPTS = (12, 1, 8, 1) if SMOKE else (64, 12, 48, 3)
 
 # %% [markdown]
 # ## The ten lines
 # Load the model, load a built-in concept (instructions with concept-woven answers written by
 # SmolLM2 itself), train a PrOSV and an FSSV at layer `round(0.4 * n_layers)`, and answer a few
-# held-out instructions unsteered and with each vector.
+# held-out instructions unsteered and with each vector (12 epochs: about 7 + 4 minutes on 2 CPU
+# cores).
 
 # %%
 model = load_model("smollm2-135m-instruct")
