@@ -57,6 +57,41 @@ def _cmd_judge_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyse(args: argparse.Namespace) -> int:
+    from prosv_lens.analysis import run_attention_analysis
+    from prosv_lens.concepts import builtin_instructions
+    from prosv_lens.figures import regenerate_figures
+    from prosv_lens.models import load_model
+    from prosv_lens.vector_io import load_vector
+
+    model = load_model(args.model, device=args.device)
+    vector = load_vector(args.vector, model)
+    compare = {}
+    for item in args.compare or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ProsvError(f"--compare takes NAME=PATH (e.g. fssv=runs/x/fssv), got {item!r}")
+        compare[name] = load_vector(path, model)
+    prompts = args.prompts or list(builtin_instructions("eval")[: args.n_prompts])
+    index = run_attention_analysis(
+        model, vector, prompts, args.out, max_new_tokens=args.max_new_tokens,
+        what=args.what, compare=compare or None, top_layers=args.top_layers, log=_out,
+    )  # fmt: skip
+    _out(f"results: {args.out} ({index['seconds']} s)")
+    if args.figures:
+        for path in regenerate_figures(args.out, args.figures):
+            _out(str(path))
+    return 0
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from prosv_lens.figures import regenerate_figures
+
+    for path in regenerate_figures(args.results, args.out):
+        _out(str(path))
+    return 0
+
+
 def _cmd_build_concept(args: argparse.Namespace) -> int:
     from prosv_lens.builder import build_concept_data
     from prosv_lens.models import load_model
@@ -220,6 +255,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+_ANALYSES = ("flow", "patching", "knockout", "decay", "lens", "heads")  # analysis.run.ANALYSES
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prosv",
@@ -235,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concept", default=None, help="a built-in concept (default: the ocean) or any "
                    "concept (its data is built with the model first and cached)")  # fmt: skip
     p.add_argument("--layer", type=int, default=None, help="layer to steer (default: 40%% depth)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 12)")
     p.add_argument("--n-train", type=int, default=None, help="training examples (default: all)")
     p.add_argument("--n-eval", type=int, default=None, help="held-out instructions (default 40)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default 64)")
@@ -256,6 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AxBench configuration folders (metadata.jsonl + latent_eval_data.parquet)")  # fmt: skip
     p.add_argument("--json", default=None, help="also write the tables' numbers to this file")
     p.set_defaults(func=_cmd_judge_validate)
+
+    p = sub.add_parser("analyse", help="how a prompt-only vector reaches the answer: attention "
+                       "flow, key/value path patching, knock-out, decay, logit lens")  # fmt: skip
+    _model_arg(p)
+    p.add_argument(
+        "--vector", required=True, help="saved vector to analyse (.safetensors/.json stem)"
+    )
+    p.add_argument("--compare", nargs="*", metavar="NAME=PATH",
+                   help="vectors for the decay curve (default: the same direction at every token)")  # fmt: skip
+    p.add_argument("--prompts", nargs="*", help="instructions (default: the built-in eval split)")
+    p.add_argument("--n-prompts", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--what", nargs="+", default=list(_ANALYSES), choices=_ANALYSES)
+    p.add_argument("--top-layers", type=int, default=2, help="layers that get a per-head sweep")
+    p.add_argument("--out", required=True, help="folder for the results and index.json")
+    p.add_argument("--figures", default=None, help="also draw the figures into this folder")
+    p.set_defaults(func=_cmd_analyse)
+
+    p = sub.add_parser("figures", help="redraw every figure from saved results (no model)")
+    p.add_argument("--results", default="results", help="folder searched for saved results")
+    p.add_argument("--out", default="figures")
+    p.set_defaults(func=_cmd_figures)
 
     p = sub.add_parser("build-concept", help="build (and cache) training data for any concept")
     _model_arg(p)

@@ -42,6 +42,8 @@ def test_console_script_help_lists_subcommands():
         "models",
         "judge-validate",
         "build-concept",
+        "analyse",
+        "figures",
     ],
 )
 def test_every_subcommand_has_help(cmd, capsys):
@@ -137,3 +139,10 @@ def test_train_from_jsonl_saves_loadable_vectors(tmp_path, capsys):
     assert vec.info["train_config"]["epochs"] == 2 and str(vec.positions) == "f2+l2"
     assert main(["train", "--model", "tiny", "--layer", "1"]) == 2  # no data source
     assert "exactly one data source" in capsys.readouterr().err
+
+
+def test_analysis_choices_match_the_library():
+    from prosv_lens.analysis import ANALYSES
+    from prosv_lens.cli import _ANALYSES
+
+    assert tuple(ANALYSES) == _ANALYSES

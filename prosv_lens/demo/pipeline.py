@@ -73,7 +73,7 @@ class DemoConfig:
         model: the model (default: the embedded SmolLM2-135M-Instruct).
         concept: a built-in concept name, or any concept (then built with the model and cached).
         layer: steered block (``None``: 40% of the depth, the paper's relative layer).
-        epochs: training epochs for PrOSV and FSSV (the paper's other settings are kept).
+        epochs: training epochs for PrOSV and FSSV (default: the paper's 12).
         n_train: use only the first N training examples (``None``: all; for quick checks).
         n_eval: held-out instructions; the first half selects DiffMean's factor, the second half
             scores every method.
@@ -88,7 +88,7 @@ class DemoConfig:
     model: str = DEFAULT_MODEL
     concept: str = "the ocean"
     layer: int | None = None
-    epochs: int = 8
+    epochs: int = 12
     n_train: int | None = None
     n_eval: int = 40
     max_new_tokens: int = 64
@@ -168,7 +168,8 @@ def run_demo(cfg: DemoConfig) -> Path:
         Method.vector("prosv", vectors["prosv"]),
         Method.vector("fssv", vectors["fssv"]),
     ]
-    eval_cfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    # One batch per (method, factor, half): 20 held-out answers each at the default n_eval.
+    eval_cfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=32)
     instructions = list(builtin_instructions("eval"))[: cfg.n_eval]
     log = ResultLog(run / "rows.jsonl", KEY_FIELDS)
     st.run(
@@ -239,19 +240,22 @@ def _utility(
 ) -> dict:
     """KL damage (held-out instructions as neutral prompts) and built-in utility accuracy."""
     items = load_utility_items()[: cfg.n_utility]
+    ucfg = UtilityConfig(batch_size=32)
     kl_prompts = instructions[: cfg.n_kl_prompts]
-    base = evaluate_utility(model, None, items, UtilityConfig()).accuracy
+    base = evaluate_utility(model, None, items, ucfg).accuracy
     out = {"unsteered": {"accuracy": base.to_dict(), "kl": None}}
     for name, sv in chosen.items():
         if sv is None:  # the prompt baseline: the same items / continuations behind the prompt
             render = Method.prompt().render
             prompted = [replace(it, prompt=render(it.prompt, concept)) for it in items]
-            acc = evaluate_utility(model, None, prompted, UtilityConfig()).accuracy
+            acc = evaluate_utility(model, None, prompted, ucfg).accuracy
             steered_prompts = [render(p, concept) for p in kl_prompts]
-            kl = kl_damage(model, None, kl_prompts, KLConfig(), steered_prompts=steered_prompts)
+            kl = kl_damage(
+                model, None, kl_prompts, KLConfig(batch_size=16), steered_prompts=steered_prompts
+            )
         else:
-            acc = evaluate_utility(model, sv, items, UtilityConfig()).accuracy
-            kl = kl_damage(model, sv, kl_prompts, KLConfig())
+            acc = evaluate_utility(model, sv, items, ucfg).accuracy
+            kl = kl_damage(model, sv, kl_prompts, KLConfig(batch_size=16))
         out[name] = {"accuracy": acc.to_dict(), "kl": kl.estimate.to_dict()}
     return out
 

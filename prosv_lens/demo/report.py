@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from pathlib import Path
 
-from prosv_lens.figures import save, steering_scores_figure, tradeoff_figure, training_curves_figure
+from prosv_lens.figures.regenerate import evaluation_figures
 
 SUMMARY_METHODS = ("unsteered", "prompt", "diffmean", "prosv", "fssv")
 
@@ -18,19 +18,8 @@ def _cell(text: str, limit: int = 220) -> str:
 
 
 def write_figures(folder: Path, results: dict) -> list[Path]:
-    """The figures of one run (steering scores, utility-robustness trade-off, training curves)."""
-    title = f"{results['concept']} — {results['model']} L{results['layer']}"
-    paths = save(steering_scores_figure(results["steering"], title), folder / "steering_scores")
-    robust = {s["method"]: s["overall"] for s in results["robustness"]}
-    points = [
-        {"method": m, "utility": u["accuracy"], "robustness": robust[m]}
-        for m, u in results["utility"].items()
-        if m in robust
-    ]
-    paths += save(tradeoff_figure(points, title), folder / "utility_vs_robustness")
-    logs = {n: t["log"] for n, t in results["training"].items()}
-    paths += save(training_curves_figure(logs, title), folder / "training_curves")
-    return [p for p in paths if p.suffix == ".png"]
+    """The run's figures (steering scores, utility vs robustness, training curves); PNG paths."""
+    return [p for p in evaluation_figures(results, folder) if p.suffix == ".png"]
 
 
 def render_report(results: dict, rows: Sequence[dict]) -> str:
