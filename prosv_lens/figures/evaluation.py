@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from prosv_lens.figures.style import color, figure
 
 PANELS = ("concept", "instruct", "fluency", "overall")
+MARKERS = ("o", "s", "^", "D", "v")
 
 
 def _err(est: dict) -> tuple[list[float], list[float]]:
@@ -51,11 +52,15 @@ def tradeoff_figure(points: Sequence[dict], title: str = "") -> object:
     if not points:
         raise ValueError("no points to plot")
     fig, ax = figure(3.6, 3.0)
+    seen: dict[str, int] = {}
     for i, p in enumerate(points):
         u, r = p["utility"], p["robustness"]
+        c = color(p["method"], i)
+        seen[c] = seen.get(c, -1) + 1  # variants of one family (fssv 80%, 50%): new markers
+        marker = MARKERS[seen[c] % len(MARKERS)]
         ax.errorbar(
             u["mean"], r["mean"], xerr=list(_err(u)), yerr=list(_err(r)),
-            fmt="o", color=color(p["method"], i), capsize=2, label=p["method"],
+            fmt=marker, color=c, capsize=2, label=p["method"],
         )  # fmt: skip
     ax.set_xlabel("utility accuracy")
     ax.set_ylabel("robustness (judge overall, 0-2)")

@@ -57,7 +57,9 @@ def save(fig: "plt.Figure", path: str | Path) -> list[Path]:
     with plt.rc_context(RC):
         for suffix in (".png", ".pdf"):
             target = path.with_suffix(suffix)
-            fig.savefig(target, bbox_inches="tight")
+            # No creation date in PDFs: redrawing the same results gives the same bytes.
+            meta = {"CreationDate": None} if suffix == ".pdf" else None
+            fig.savefig(target, bbox_inches="tight", metadata=meta)
             out.append(target)
     plt.close(fig)
     return out
