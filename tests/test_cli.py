@@ -27,6 +27,8 @@ def test_console_script_help_lists_subcommands():
         "models",
         "judge-validate",
         "build-concept",
+        "analyse",
+        "figures",
     ):
         assert cmd in out
 
