@@ -28,3 +28,7 @@ __all__ += [
     "logit_lens_table",
     "regenerate_figures",
 ]
+
+from prosv_lens.figures.sweeps import heatmap_figure, position_sweep_figure  # noqa: E402
+
+__all__ += ["heatmap_figure", "position_sweep_figure"]

@@ -9,7 +9,9 @@
   folder written by :func:`prosv_lens.analysis.run.run_attention_analysis`): per folder, one
   attention heatmap per flow result, one decay curve, one knock-out chart for all knock-outs,
   one key-vs-value chart per path-patching result, one logit-lens figure (plus a markdown table)
-  for all lenses, one head-attribution heatmap.
+  for all lenses, one head-attribution heatmap;
+* ``sweep.json`` of a hyper-parameter sweep (:mod:`prosv_lens.evaluation.sweeps`): kind
+  ``heatmap`` gives ``<folder>_heatmap``, kind ``positions`` gives ``<folder>_positions``.
 
 Figures are named ``<folder>_<figure>`` after the results folder relative to ``results_dir``
 (``/`` becomes ``_``; the root folder itself gives no prefix), e.g.
@@ -44,6 +46,7 @@ from prosv_lens.figures.analysis import (
 )
 from prosv_lens.figures.evaluation import steering_scores_figure, tradeoff_figure
 from prosv_lens.figures.style import save
+from prosv_lens.figures.sweeps import SWEEP_KINDS, heatmap_figure, position_sweep_figure
 from prosv_lens.figures.training import training_curves_figure
 
 KINDS: dict[str, type[SavedResult]] = {
@@ -134,6 +137,19 @@ def analysis_figures(
     return paths
 
 
+def sweep_figures(sweep: Any, out: Path, prefix: str = "") -> list[Path]:
+    """The figure of one ``sweep.json`` (none if it is not a sweep or has no cells yet)."""
+    if (
+        not isinstance(sweep, dict)
+        or sweep.get("kind") not in SWEEP_KINDS
+        or not sweep.get("cells")
+    ):
+        return []
+    if sweep["kind"] == "heatmap":
+        return save(heatmap_figure(sweep), out / f"{prefix}heatmap")
+    return save(position_sweep_figure(sweep), out / f"{prefix}positions")
+
+
 def regenerate_figures(results_dir: str | Path, figures_dir: str | Path) -> list[Path]:
     """Draw every figure that ``results_dir`` (searched recursively) has results for.
 
@@ -154,9 +170,12 @@ def regenerate_figures(results_dir: str | Path, figures_dir: str | Path) -> list
         )
     analysis: dict[Path, dict[str, list[SavedResult]]] = defaultdict(lambda: defaultdict(list))
     runs: list[Path] = []
+    sweeps: list[Path] = []
     for path in sorted(root.rglob("*.json")):
         if path.name == "results.json":
             runs.append(path)
+        elif path.name == "sweep.json":
+            sweeps.append(path)
         elif (kind := _saved_kind(path)) is not None:
             analysis[path.parent][kind].append(KINDS[kind].load(path))
     written: list[Path] = []
@@ -166,9 +185,12 @@ def regenerate_figures(results_dir: str | Path, figures_dir: str | Path) -> list
             written += evaluation_figures(data, out, _prefix(path.parent, root))
     for folder in sorted(analysis):
         written += analysis_figures(analysis[folder], out, _prefix(folder, root))
+    for path in sweeps:
+        written += sweep_figures(json.loads(path.read_text()), out, _prefix(path.parent, root))
     if not written:
         raise FiguresError(
-            f"no results to draw under {root}: expected results.json files of evaluation runs or "
-            "analysis results saved with .save() (e.g. by prosv analyse)"
+            f"no results to draw under {root}: expected results.json files of evaluation runs, "
+            "sweep.json files of sweeps, or analysis results saved with .save() (e.g. by prosv "
+            "analyse)"
         )
     return written

@@ -1,0 +1,326 @@
+"""Hyper-parameter sweeps behind the paper figures: factor init x factor LR, and token positions.
+
+Each sweep trains one vector per *cell* (one :func:`~prosv_lens.training.train` call per cell,
+same data and seed), then measures for that vector:
+
+* ``train_loss_final``: mean training loss over the last epoch's steps;
+* ``heldout_loss``: mean per-example response NLL (:func:`response_loss`) on the concept's
+  examples that were not trained on (the ``lang`` objective on held-out data);
+* the judged steering score (:func:`evaluate_steering` with :meth:`Method.vector`, every held-out
+  instruction scored; no factor selection, the learned factor is used as is): one bootstrap
+  :class:`Estimate` per criterion and for the overall score.
+
+Everything goes to ``out_dir``: judged answers in ``rows.jsonl`` (a :class:`ResultLog`, so a
+killed evaluation resumes) and ``sweep.json`` (``kind``, the sweep config, the unsteered baseline
+and one entry per finished cell), rewritten after every cell. A rerun skips the cells already in
+``sweep.json``. A cell whose training diverges is recorded with its error, not retried.
+
+The same config and runner scale to a GPU and a bigger model: only ``model``, ``layer`` and the
+sizes change. ``prosv_lens.figures.sweeps`` draws ``sweep.json`` without a model.
+"""
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from prosv_lens.concepts import builtin_instructions, load_builtin_concept
+from prosv_lens.concepts.data import ConceptData
+from prosv_lens.errors import ProsvError, TrainingDivergedError
+from prosv_lens.evaluation.judges import Judge
+from prosv_lens.evaluation.records import ResultLog
+from prosv_lens.evaluation.steering_eval import (
+    KEY_FIELDS,
+    EvalConfig,
+    Method,
+    evaluate_steering,
+    summarize,
+    tasks_from,
+)
+from prosv_lens.interventions import SteeringVector
+from prosv_lens.models import LoadedModel
+from prosv_lens.positions import PositionSpec
+from prosv_lens.training import TrainConfig, response_loss, train
+from prosv_lens.training.config import OPTIMIZERS
+
+SWEEP_FILE = "sweep.json"
+ROWS_FILE = "rows.jsonl"
+PRESETS = ("prosv", "fssv")
+
+
+class SweepError(ProsvError, ValueError):
+    """A sweep config is invalid, or ``out_dir`` holds a different sweep."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise SweepError(message)
+
+
+def _common_checks(cfg: Any) -> None:
+    _check(
+        isinstance(cfg.layer, int) and cfg.layer >= 0,
+        f"layer must be an int >= 0, got {cfg.layer!r}",
+    )
+    _check(cfg.epochs >= 1 and cfg.batch_size >= 1, "epochs and batch_size must be >= 1")
+    _check(cfg.n_train >= 1, f"n_train must be >= 1, got {cfg.n_train}")
+    _check(
+        cfg.n_heldout is None or cfg.n_heldout >= 1,
+        f"n_heldout must be >= 1 or None, got {cfg.n_heldout}",
+    )
+    _check(cfg.n_eval >= 1, f"n_eval must be >= 1, got {cfg.n_eval}")
+    _check(cfg.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")  # fmt: skip
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known - {"kind"}
+    _check(not unknown, f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
+    _check(data.get("kind", cls.kind) == cls.kind,
+           f"{cls.__name__} needs kind {cls.kind!r}, got {data.get('kind')!r}")  # fmt: skip
+    kinds = {f.name: str(f.type) for f in fields(cls)}
+
+    def value(k: str, v: Any) -> Any:  # JSON gives lists, and ints where floats are meant
+        if kinds[k] == "tuple[float, ...]":
+            return tuple(float(x) for x in v)
+        return tuple(v) if kinds[k].startswith("tuple") else v
+
+    return cls(**{k: value(k, v) for k, v in data.items() if k != "kind"})
+
+
+@dataclass(frozen=True)
+class HeatmapConfig:
+    """Factor init (``beta``) x factor learning rate (``lr_alpha``), per optimizer.
+
+    Every other training setting is the PrOSV preset (:meth:`TrainConfig.prosv`) at
+    ``positions``; the first ``n_train`` examples of the built-in ``concept`` train, the next
+    ``n_heldout`` (``None``: all the rest) are held out for the loss, and the first ``n_eval`` built-in eval instructions are judged.
+    """
+
+    kind = "heatmap"
+    model: str = "smollm2-135m-instruct"
+    concept: str = "the ocean"
+    layer: int = 12
+    positions: str = "f2+l2"
+    betas: tuple[float, ...] = (0.5, 2.0, 8.0)
+    lr_alphas: tuple[float, ...] = (0.1, 1.0, 10.0)
+    optimizers: tuple[str, ...] = ("adam", "sgd")
+    epochs: int = 4
+    batch_size: int = 12
+    n_train: int = 32
+    n_heldout: int | None = None
+    n_eval: int = 8
+    max_new_tokens: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _common_checks(self)
+        PositionSpec.parse(self.positions)
+        for name in ("betas", "lr_alphas"):
+            values = getattr(self, name)
+            _check(bool(values) and all(math.isfinite(x) and x > 0 for x in values),
+                   f"{name} must be a non-empty list of finite values > 0, got {values!r}")  # fmt: skip
+            _check(len(set(values)) == len(values), f"{name} has repeated values {values!r}")
+        _check(bool(self.optimizers) and set(self.optimizers) <= set(OPTIMIZERS),
+               f"optimizers must be a non-empty subset of {OPTIMIZERS}, got {self.optimizers!r}")  # fmt: skip
+
+    def cells(self) -> list[tuple[str, TrainConfig, dict[str, Any]]]:
+        """``(key, train config, labels)`` per cell, optimizer-major then beta then lr_alpha."""
+        return [
+            (f"{opt} beta={b:g} lr_alpha={lr:g}",
+             TrainConfig.prosv(self.layer, positions=self.positions, beta=float(b),
+                               lr_alpha=float(lr), optimizer=opt, epochs=self.epochs,
+                               batch_size=self.batch_size, seed=self.seed),
+             {"optimizer": opt, "beta": float(b), "lr_alpha": float(lr)})
+            for opt in self.optimizers for b in self.betas for lr in self.lr_alphas
+        ]  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HeatmapConfig":
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class PositionSweepConfig:
+    """One vector per position spec, every other setting from one preset (``prosv``/``fssv``).
+
+    Data and sizes as in :class:`HeatmapConfig`.
+    """
+
+    kind = "positions"
+    model: str = "smollm2-135m-instruct"
+    concept: str = "the ocean"
+    layer: int = 12
+    specs: tuple[str, ...] = ("all", "prompt", "f2+l2", "f4", "l4", "f4+l4", "f8+l8")
+    preset: str = "prosv"
+    epochs: int = 4
+    batch_size: int = 12
+    n_train: int = 32
+    n_heldout: int | None = None
+    n_eval: int = 8
+    max_new_tokens: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _common_checks(self)
+        _check(bool(self.specs), "specs must not be empty")
+        _check(len(set(self.specs)) == len(self.specs), f"specs has repeats {self.specs!r}")
+        for spec in self.specs:
+            PositionSpec.parse(spec)  # raises PositionSpecError naming the bad spec
+        _check(self.preset in PRESETS, f"preset must be one of {PRESETS}, got {self.preset!r}")
+
+    def cells(self) -> list[tuple[str, TrainConfig, dict[str, Any]]]:
+        """``(key, train config, labels)`` per position spec, in ``specs`` order."""
+        make = TrainConfig.prosv if self.preset == "prosv" else TrainConfig.fssv
+        return [
+            (spec, make(self.layer, positions=spec, epochs=self.epochs,
+                        batch_size=self.batch_size, seed=self.seed), {"positions": spec})
+            for spec in self.specs
+        ]  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PositionSweepConfig":
+        return _from_dict(cls, data)
+
+
+SweepConfig = HeatmapConfig | PositionSweepConfig
+CONFIG_KINDS: dict[str, type] = {c.kind: c for c in (HeatmapConfig, PositionSweepConfig)}
+
+
+def load_sweep_config(path: str | Path) -> SweepConfig:
+    """A sweep config from a JSON file; its ``kind`` (``heatmap``/``positions``) picks the class."""
+    data = json.loads(Path(path).read_text())
+    _check(isinstance(data, dict) and data.get("kind") in CONFIG_KINDS,
+           f"{path}: a sweep config needs \"kind\" set to one of {sorted(CONFIG_KINDS)}")  # fmt: skip
+    return CONFIG_KINDS[data["kind"]].from_dict(data)
+
+
+def run_heatmap(model: LoadedModel, cfg: HeatmapConfig, out_dir: str | Path, judge: Judge) -> dict:
+    """Run (or resume) the beta x lr_alpha sweep; returns the ``sweep.json`` content."""
+    return run_sweep(model, cfg, out_dir, judge)
+
+
+def run_position_sweep(
+    model: LoadedModel, cfg: PositionSweepConfig, out_dir: str | Path, judge: Judge
+) -> dict:
+    """Run (or resume) the position-spec sweep; returns the ``sweep.json`` content."""
+    return run_sweep(model, cfg, out_dir, judge)
+
+
+def run_sweep(model: LoadedModel, cfg: SweepConfig, out_dir: str | Path, judge: Judge) -> dict:
+    """Train, measure and judge every cell of ``cfg`` not yet in ``out_dir/sweep.json``.
+
+    Args:
+        model: the model to steer (weights never modified).
+        cfg: a :class:`HeatmapConfig` or :class:`PositionSweepConfig`.
+        out_dir: where ``sweep.json`` and ``rows.jsonl`` go (created if missing).
+        judge: rates the answers (e.g. ``OfflineJudge(reference=model)``).
+
+    Returns:
+        The ``sweep.json`` content: ``kind``, ``config``, ``model``, ``judge``, ``concept``,
+        ``baseline`` (the unsteered held-out loss and score) and ``cells`` (in config order).
+
+    Raises:
+        SweepError: ``out_dir`` holds a sweep of another config or judge, or the concept has
+            too few examples for ``n_train`` plus a held-out part.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_builtin_concept(cfg.concept)
+    _check(cfg.n_train < len(data), f"concept {cfg.concept!r} has {len(data)} examples: "
+           f"n_train={cfg.n_train} leaves none held out; lower n_train")  # fmt: skip
+    train_part, held_out = data.split(cfg.n_train)
+    if cfg.n_heldout is not None:
+        held_out = held_out.subset(range(min(cfg.n_heldout, len(held_out))))
+    instructions = builtin_instructions("eval")
+    _check(cfg.n_eval <= len(instructions), f"n_eval={cfg.n_eval} > {len(instructions)} eval instructions")  # fmt: skip
+    tasks = tasks_from(instructions[: cfg.n_eval])
+    log = ResultLog(out / ROWS_FILE, KEY_FIELDS)
+    eval_cfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.n_eval, seed=cfg.seed)
+    sweep = _load_or_start(out / SWEEP_FILE, cfg, model, judge)
+    if sweep["baseline"] is None:
+        rows = evaluate_steering(model, data.name, [Method.unsteered()], tasks, judge, log, eval_cfg,
+                                 split=False)  # fmt: skip
+        loss = response_loss(model, held_out, None, layer=cfg.layer)
+        sweep["baseline"] = {"heldout_loss": float(loss.mean()), **_scores(rows, "unsteered")}
+        _write(out / SWEEP_FILE, sweep)
+    done = {c["key"] for c in sweep["cells"]}
+    for key, tc, labels in cfg.cells():
+        if key in done:
+            continue
+        cell = _run_cell(model, key, tc, train_part, held_out, tasks, judge, log, eval_cfg)
+        sweep["cells"].append({**labels, **cell})
+        _write(out / SWEEP_FILE, sweep)
+    return sweep
+
+
+def _load_or_start(path: Path, cfg: SweepConfig, model: LoadedModel, judge: Judge) -> dict:
+    if path.exists():
+        sweep = json.loads(path.read_text())
+        same = json.loads(json.dumps(cfg.to_dict()))  # tuples are lists once saved
+        _check(sweep.get("config") == same and sweep.get("judge") == judge.name
+               and sweep.get("model") == model.model_id,
+               f"{path} holds a sweep of another config, model or judge: use a new out_dir "
+               "(or delete the folder to start over)")  # fmt: skip
+        return sweep
+    return {
+        "kind": cfg.kind, "config": cfg.to_dict(), "model": model.model_id, "judge": judge.name,
+        "concept": cfg.concept, "layer": cfg.layer, "baseline": None, "cells": [],
+    }  # fmt: skip
+
+
+def _run_cell(
+    model: LoadedModel,
+    key: str,
+    tc: TrainConfig,
+    train_part: ConceptData,
+    held_out: ConceptData,
+    tasks: Sequence,
+    judge: Judge,
+    log: ResultLog,
+    eval_cfg: EvalConfig,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    base = {"key": key, "train_config": tc.to_dict()}
+    try:
+        result = train(model, train_part, tc, progress=False)
+    except TrainingDivergedError as e:
+        return {**base, "diverged": str(e), "seconds": {"train": time.perf_counter() - t0}}
+    t_train = time.perf_counter() - t0
+    vec: SteeringVector = result.vectors[train_part.name]
+    steps = result.logs[train_part.name]
+    last = [s["loss"] for s in steps if s["epoch"] == steps[-1]["epoch"]]
+    held = float(response_loss(model, held_out, vec, layer=tc.layer,
+                               max_response_tokens=tc.max_response_tokens).mean())  # fmt: skip
+    t1 = time.perf_counter()
+    rows = evaluate_steering(model, train_part.name, [Method.vector(key, vec)], tasks, judge, log,
+                             eval_cfg, split=False)  # fmt: skip
+    return {
+        **base, "diverged": None, "train_loss_first": steps[0]["loss"],
+        "train_loss_final": sum(last) / len(last), "heldout_loss": held,
+        "alpha": float(vec.alpha), "v_norm": float(vec.v.detach().norm()), "steps": result.steps,
+        **_scores(rows, key),
+        "seconds": {"train": t_train, "heldout": t1 - t0 - t_train, "eval": time.perf_counter() - t1},
+    }  # fmt: skip
+
+
+def _scores(rows: Sequence[dict], method: str) -> dict[str, Any]:
+    (score,) = [s for s in summarize(rows) if s.method == method]
+    d = score.to_dict()
+    return {"scores": {k: d[k] for k in ("concept", "instruct", "fluency", "overall")},
+            "n_answers": score.n_answers}  # fmt: skip
+
+
+def _write(path: Path, sweep: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(sweep, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,181 @@
+"""Sweep runners (beta x lr_alpha heatmap, position sweep) on the tiny model with a rule-based test
+judge (not a real judge): every cell is written, a rerun resumes without retraining, configs
+round-trip and validate, and the figures render from the saved sweep.json."""
+
+import json
+import zlib
+
+import pytest
+
+import prosv_lens.evaluation.sweeps as sweeps
+from prosv_lens.errors import PositionSpecError
+from prosv_lens.evaluation.judges import Judge, JudgeItem, Rating
+from prosv_lens.evaluation.sweeps import (
+    HeatmapConfig,
+    PositionSweepConfig,
+    SweepError,
+    load_sweep_config,
+    run_heatmap,
+    run_position_sweep,
+)
+from prosv_lens.figures import heatmap_figure, position_sweep_figure, regenerate_figures
+
+
+class HashJudge(Judge):
+    """Test double: ratings are a deterministic hash of the response text."""
+
+    name = "hash-test-judge"
+
+    def rate(self, items: list[JudgeItem]) -> list[Rating]:
+        return [
+            Rating(*(float(zlib.crc32(f"{k}{it.response}".encode()) % 3) for k in "cif"))
+            for it in items
+        ]
+
+
+SIZES = {"model": "tiny", "layer": 1, "epochs": 1, "batch_size": 4, "n_train": 4, "n_heldout": 2, "n_eval": 2,
+         "max_new_tokens": 3}  # fmt: skip
+HEAT = HeatmapConfig(betas=(0.5, 2.0), lr_alphas=(1.0,), optimizers=("adam", "sgd"), **SIZES)
+POS = PositionSweepConfig(specs=("all", "f2+l2"), **SIZES)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = []
+    real = sweeps.train
+
+    def counting(model, data, cfg, **kw):
+        calls.append(cfg)
+        return real(model, data, cfg, **kw)
+
+    monkeypatch.setattr(sweeps, "train", counting)
+    return calls
+
+
+def test_heatmap_writes_every_cell_and_resumes_without_retraining(tiny, tmp_path, counted):
+    out = tmp_path / "heat"
+    sweep = run_heatmap(tiny, HEAT, out, HashJudge())
+    assert len(counted) == 4
+    assert {(c.optimizer, c.beta, c.lr_alpha) for c in counted} == {
+        (o, b, 1.0) for o in ("adam", "sgd") for b in (0.5, 2.0)
+    }
+    saved = json.loads((out / "sweep.json").read_text())
+    assert saved == json.loads(json.dumps(sweep))
+    assert saved["kind"] == "heatmap" and len(saved["cells"]) == 4
+    for c in saved["cells"]:
+        assert c["diverged"] is None
+        assert (
+            c["train_config"]["beta"] == c["beta"]
+            and c["train_config"]["optimizer"] == c["optimizer"]
+        )
+        assert c["heldout_loss"] > 0 and c["train_loss_final"] > 0
+        assert c["n_answers"] == 2 and 0 <= c["scores"]["overall"]["mean"] <= 2
+    # Different init scales give different vectors (the sweep really varies beta).
+    alphas = {c["alpha"] for c in saved["cells"] if c["optimizer"] == "adam"}
+    assert len(alphas) == 2
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * (4 + 1)  # 2 answers per cell plus the unsteered baseline
+    again = run_heatmap(tiny, HEAT, out, HashJudge())
+    assert len(counted) == 4  # nothing retrained
+    assert again == saved
+
+
+def test_partial_sweep_resumes_only_missing_cells(tiny, tmp_path, counted):
+    out = tmp_path / "pos"
+    run_position_sweep(tiny, PositionSweepConfig(specs=("all",), **SIZES), out / "a", HashJudge())
+    first = json.loads((out / "a" / "sweep.json").read_text())
+    # Pretend the run was killed after the first cell of the two-spec sweep.
+    (out / "b").mkdir()
+    partial = {**first, "config": json.loads(json.dumps(POS.to_dict()))}
+    (out / "b" / "sweep.json").write_text(json.dumps(partial))
+    counted.clear()
+    sweep = run_position_sweep(tiny, POS, out / "b", HashJudge())
+    assert [c.positions for c in counted] == ["f2+l2"]
+    assert [c["positions"] for c in sweep["cells"]] == ["all", "f2+l2"]
+    assert sweep["cells"][0] == first["cells"][0]
+
+
+def test_other_config_in_out_dir_is_refused(tiny, tmp_path):
+    run_position_sweep(tiny, PositionSweepConfig(specs=("f4",), **SIZES), tmp_path, HashJudge())
+    with pytest.raises(SweepError, match="another config"):
+        run_position_sweep(tiny, POS, tmp_path, HashJudge())
+
+
+def test_diverged_cell_is_recorded_not_raised(tiny, tmp_path, monkeypatch):
+    from prosv_lens.errors import TrainingDivergedError
+
+    def exploding(model, data, cfg, **kw):
+        raise TrainingDivergedError("loss is nan at step 0")
+
+    monkeypatch.setattr(sweeps, "train", exploding)
+    cfg = PositionSweepConfig(specs=("f4",), **SIZES)
+    sweep = run_position_sweep(tiny, cfg, tmp_path, HashJudge())
+    assert "nan" in sweep["cells"][0]["diverged"] and "scores" not in sweep["cells"][0]
+    assert position_sweep_figure(sweep) is not None
+
+
+def test_config_round_trip_and_file_loading(tmp_path):
+    for cfg in (HEAT, POS):
+        d = json.loads(json.dumps(cfg.to_dict()))
+        assert type(cfg).from_dict(d) == cfg
+        path = tmp_path / f"{cfg.kind}.json"
+        path.write_text(json.dumps(d))
+        assert load_sweep_config(path) == cfg
+    for name in ("heatmap_small", "positions_small"):
+        cfg = load_sweep_config(f"configs/{name}.json")
+        assert cfg.model == "smollm2-135m-instruct" and len(cfg.cells()) in (7, 18)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: HeatmapConfig(betas=()), "betas"),
+        (lambda: HeatmapConfig(lr_alphas=(1.0, -1.0)), "lr_alphas"),
+        (lambda: HeatmapConfig(betas=(1.0, 1.0)), "repeated"),
+        (lambda: HeatmapConfig(optimizers=("adamw",)), "optimizers"),
+        (lambda: PositionSweepConfig(preset="caa"), "preset"),
+        (lambda: PositionSweepConfig(specs=()), "specs"),
+        (lambda: PositionSweepConfig(n_eval=0), "n_eval"),
+        (lambda: HeatmapConfig.from_dict({"betaz": [1]}), "unknown"),
+        (lambda: HeatmapConfig.from_dict({"kind": "positions"}), "kind"),
+    ],
+)
+def test_bad_configs_raise_clear_errors(make, match):
+    with pytest.raises(SweepError, match=match):
+        make()
+
+
+def test_bad_position_spec_and_missing_kind(tmp_path):
+    with pytest.raises(PositionSpecError):
+        PositionSweepConfig(specs=("middle",))
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"model": "tiny"}))
+    with pytest.raises(SweepError, match="kind"):
+        load_sweep_config(path)
+
+
+def test_too_many_training_examples_is_refused(tiny, tmp_path):
+    cfg = PositionSweepConfig(**{**SIZES, "n_train": 10_000})
+    with pytest.raises(SweepError, match="held out"):
+        run_position_sweep(tiny, cfg, tmp_path, HashJudge())
+
+
+def test_figures_render_from_saved_sweeps(tiny, tmp_path):
+    run_heatmap(tiny, HEAT, tmp_path / "results" / "heat", HashJudge())
+    run_position_sweep(tiny, POS, tmp_path / "results" / "pos", HashJudge())
+    heat = json.loads((tmp_path / "results" / "heat" / "sweep.json").read_text())
+    pos = json.loads((tmp_path / "results" / "pos" / "sweep.json").read_text())
+    fig = heatmap_figure(heat)
+    assert len(fig.axes) == 2 * 2 * 2  # 2 optimizers x 2 panels, each with a colorbar
+    assert len(position_sweep_figure(pos).axes) == 2
+    with pytest.raises(ValueError, match="heatmap"):
+        heatmap_figure(pos)
+    written = regenerate_figures(tmp_path / "results", tmp_path / "figs")
+    names = {p.name for p in written}
+    assert {
+        "heat_heatmap.png",
+        "heat_heatmap.pdf",
+        "pos_positions.png",
+        "pos_positions.pdf",
+    } <= names
+    assert all(p.stat().st_size > 0 for p in written)
