@@ -188,6 +188,14 @@ def load_tiny_gsm8k(
 # ---------------------------------------------------------------------------- task accuracy
 
 
+def _check_sizes(max_new_tokens: int, batch_size: int) -> None:
+    """The validation both decoding configs share."""
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(
+            f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}"
+        )
+
+
 @dataclass(frozen=True)
 class UtilityConfig:
     """Greedy decoding settings for :func:`evaluate_utility`.
@@ -204,11 +212,7 @@ class UtilityConfig:
     system: str | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens}, "
-                f"{self.batch_size}"
-            )
+        _check_sizes(self.max_new_tokens, self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -295,11 +299,7 @@ class KLConfig:
     system: str | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens}, "
-                f"{self.batch_size}"
-            )
+        _check_sizes(self.max_new_tokens, self.batch_size)
 
 
 @dataclass(frozen=True)
