@@ -12,42 +12,22 @@ from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import make_tiny_model
 from prosv_lens.vector_io import load_vector, save_vector
 
+COMMANDS = (
+    "demo", "positions", "generate", "check-cache", "inspect", "models", "judge-validate",
+    "build-concept", "analyse", "figures",
+)  # fmt: skip
+
 
 def test_console_script_help_lists_subcommands():
     beside = Path(sys.executable).with_name("prosv")  # the venv's bin/, even when not on PATH
     exe = str(beside) if beside.exists() else shutil.which("prosv")
     assert exe, "the prosv console script is not installed"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
-    for cmd in (
-        "demo",
-        "positions",
-        "generate",
-        "check-cache",
-        "inspect",
-        "models",
-        "judge-validate",
-        "build-concept",
-        "analyse",
-        "figures",
-    ):
+    for cmd in COMMANDS:
         assert cmd in out
 
 
-@pytest.mark.parametrize(
-    "cmd",
-    [
-        "demo",
-        "positions",
-        "generate",
-        "check-cache",
-        "inspect",
-        "models",
-        "judge-validate",
-        "build-concept",
-        "analyse",
-        "figures",
-    ],
-)
+@pytest.mark.parametrize("cmd", COMMANDS)
 def test_every_subcommand_has_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
