@@ -57,7 +57,7 @@ class SavedResult:
         header = {"kind": type(self).__name__, "format_version": FORMAT_VERSION, "fields": meta}
         json_path.write_text(json.dumps(header, indent=1, allow_nan=True))
         with npz_path.open("wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez_compressed(fh, **arrays)
         return json_path, npz_path
 
     @classmethod
