@@ -7,6 +7,7 @@ Examples::
     prosv generate "Describe your ideal weekend." --vector runs/demo-*/prosv
     prosv check-cache --spec f2+l2 --layer 12
     prosv inspect runs/demo-*/prosv
+    prosv sweep configs/heatmap_small.json       # -> results/heatmap_small, figures/
     prosv models --convert gemma-3-270m
 """
 
@@ -89,6 +90,26 @@ def _cmd_figures(args: argparse.Namespace) -> int:
 
     for path in regenerate_figures(args.results, args.out):
         _out(str(path))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import time
+
+    from prosv_lens.evaluation.offline_judge import OfflineJudge
+    from prosv_lens.evaluation.sweeps import format_sweep, load_sweep_config, run_sweep
+    from prosv_lens.figures.regenerate import sweep_figures
+    from prosv_lens.models import load_model
+
+    cfg = load_sweep_config(args.config)  # a bad config fails before the model loads
+    out = Path(args.out or Path("results") / Path(args.config).stem)
+    t0 = time.perf_counter()
+    model = load_model(cfg.model, device=args.device)
+    sweep = run_sweep(model, cfg, out, OfflineJudge(reference=model))
+    _out(format_sweep(sweep))
+    for path in sweep_figures(sweep, Path(args.figures), out.name + "_"):
+        _out(f"wrote {path}")
+    _out(f"results: {out} (this invocation {time.perf_counter() - t0:.0f} s)")
     return 0
 
 
@@ -316,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="folder searched for saved results")
     p.add_argument("--out", default="figures")
     p.set_defaults(func=_cmd_figures)
+
+    p = sub.add_parser("sweep", help="run or resume a hyper-parameter sweep (beta x lr_alpha "
+                       "heatmap or position specs) from a JSON config, then draw its figure")  # fmt: skip
+    p.add_argument("config", help="sweep config, e.g. configs/heatmap_small.json")
+    p.add_argument("--out", default=None,
+                   help="results folder (default: results/<config name>); rerun to resume")  # fmt: skip
+    p.add_argument("--figures", default="figures", help="folder for the figure (PNG + PDF)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("build-concept", help="build (and cache) training data for any concept")
     _model_arg(p)

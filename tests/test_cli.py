@@ -14,7 +14,7 @@ from prosv_lens.vector_io import load_vector, save_vector
 
 COMMANDS = (
     "demo", "positions", "generate", "check-cache", "inspect", "models", "judge-validate",
-    "build-concept", "analyse", "figures",
+    "build-concept", "analyse", "figures", "sweep",
 )  # fmt: skip
 
 
@@ -47,6 +47,17 @@ def test_bad_spec_is_a_one_line_error_not_a_traceback(capsys):
     assert (
         err.startswith("prosv positions: error: cannot parse 'banana'") and "Traceback" not in err
     )
+
+
+def test_sweep_with_a_bad_config_fails_before_loading_a_model(tmp_path, capsys):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"kind": "heatmap", "betas": [1, 1]}))
+    assert main(["sweep", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("prosv sweep: error: betas has repeated values") and "Traceback" not in err
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_check_cache_passes_on_tiny(capsys):

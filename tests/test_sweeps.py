@@ -14,6 +14,7 @@ from prosv_lens.evaluation.sweeps import (
     HeatmapConfig,
     PositionSweepConfig,
     SweepError,
+    format_sweep,
     load_sweep_config,
     run_heatmap,
     run_position_sweep,
@@ -78,6 +79,9 @@ def test_heatmap_writes_every_cell_and_resumes_without_retraining(tiny, tmp_path
     again = run_heatmap(tiny, HEAT, out, HashJudge())
     assert len(counted) == 4  # nothing retrained
     assert again == saved
+    lines = format_sweep(saved).splitlines()
+    assert len(lines) == 5 and lines[0].startswith("unsteered: held-out loss")
+    assert [line.split(":")[0] for line in lines[1:]] == [c["key"] for c in saved["cells"]]
 
 
 def test_partial_sweep_resumes_only_missing_cells(tiny, tmp_path, counted):
@@ -111,6 +115,7 @@ def test_diverged_cell_is_recorded_not_raised(tiny, tmp_path, monkeypatch):
     cfg = PositionSweepConfig(specs=("f4",), **SIZES)
     sweep = run_position_sweep(tiny, cfg, tmp_path, HashJudge())
     assert "nan" in sweep["cells"][0]["diverged"] and "scores" not in sweep["cells"][0]
+    assert "diverged (" in format_sweep(sweep).splitlines()[1]
     assert position_sweep_figure(sweep) is not None
 
 
@@ -121,9 +126,15 @@ def test_config_round_trip_and_file_loading(tmp_path):
         path = tmp_path / f"{cfg.kind}.json"
         path.write_text(json.dumps(d))
         assert load_sweep_config(path) == cfg
-    for name in ("heatmap_small", "positions_small"):
+    sizes = {
+        "heatmap_small": 18,
+        "positions_small": 7,
+        "heatmap_medium": 32,
+        "positions_medium": 10,
+    }
+    for name, n_cells in sizes.items():
         cfg = load_sweep_config(f"configs/{name}.json")
-        assert cfg.model == "smollm2-135m-instruct" and len(cfg.cells()) in (7, 18)
+        assert cfg.model == "smollm2-135m-instruct" and len(cfg.cells()) == n_cells
 
 
 @pytest.mark.parametrize(

@@ -324,3 +324,24 @@ def _write(path: Path, sweep: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(sweep, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def format_sweep(sweep: dict) -> str:
+    """One line for the unsteered baseline and one per finished cell of a ``sweep.json``."""
+    base = sweep["baseline"]
+    lines = []
+    if base is not None:
+        lines.append(f"unsteered: held-out loss {base['heldout_loss']:.3f}, "
+                     f"overall {base['scores']['overall']['mean']:.3f}")  # fmt: skip
+    for c in sweep["cells"]:
+        if c["diverged"]:
+            lines.append(f"{c['key']}: diverged ({c['diverged']})")
+            continue
+        o, s = c["scores"]["overall"], c["seconds"]
+        lines.append(
+            f"{c['key']}: train loss {c['train_loss_first']:.3f} -> {c['train_loss_final']:.3f}, "
+            f"held-out {c['heldout_loss']:.3f}, alpha {c['alpha']:.1f}, overall {o['mean']:.3f} "
+            f"[{o['low']:.3f}, {o['high']:.3f}], concept {c['scores']['concept']['mean']:.3f}, "
+            f"{s['train']:.0f} s train + {s['eval']:.0f} s eval"
+        )  # fmt: skip
+    return "\n".join(lines)
