@@ -8,6 +8,7 @@ Examples::
     prosv check-cache --spec f2+l2 --layer 12
     prosv inspect runs/demo-*/prosv
     prosv sweep configs/heatmap_small.json       # -> results/heatmap_small, figures/
+    prosv report                                 # -> reports/paper_claims.md
     prosv models --convert gemma-3-270m
 """
 
@@ -110,6 +111,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     for path in sweep_figures(sweep, Path(args.figures), out.name + "_"):
         _out(f"wrote {path}")
     _out(f"results: {out} (this invocation {time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from prosv_lens.claims import build_report
+
+    text = build_report(args.results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    table = text.split("\n\n")[2]  # title, intro, then the summary table
+    _out(f"{table}\n\nwrote {out}")
     return 0
 
 
@@ -337,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="folder searched for saved results")
     p.add_argument("--out", default="figures")
     p.set_defaults(func=_cmd_figures)
+
+    p = sub.add_parser("report", help="the reproduction report: each paper claim against the "
+                       "saved results, with CIs and a rule-based verdict (no model)")  # fmt: skip
+    p.add_argument("--results", default="results", help="folder of saved results")
+    p.add_argument("--out", default="reports/paper_claims.md")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("sweep", help="run or resume a hyper-parameter sweep (beta x lr_alpha "
                        "heatmap or position specs) from a JSON config, then draw its figure")  # fmt: skip
