@@ -9,18 +9,21 @@ import time
 from pathlib import Path
 
 import pytest
+from _shared import AXBENCH, needs_axbench
 
 from prosv_lens.analysis import ANALYSES
 from prosv_lens.vector_io import load_vector
 
 pytestmark = pytest.mark.slow
 
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
 
 
-def _run(name: str, cwd: Path) -> float:
+def _run(name: str, cwd: Path, **extra_env: str) -> float:
     env = {
         **os.environ,
+        **extra_env,
         "PROSV_SMOKE": "1",
         "MPLBACKEND": "Agg",
         "HF_HUB_OFFLINE": "1",
@@ -38,7 +41,9 @@ def _run(name: str, cwd: Path) -> float:
 def test_every_notebook_has_a_test():
     assert sorted(p.name for p in NOTEBOOKS.glob("*.py")) == [
         "01_quickstart.py",
+        "02_joint_training.py",
         "03_attention_flow.py",
+        "04_axbench_eval.py",
     ]
 
 
@@ -50,6 +55,36 @@ def test_quickstart_notebook(tmp_path):
         assert len(texts) == len(saved["questions"]) == 1 and all(t.strip() for t in texts)
     vector = load_vector(tmp_path / "ocean_prosv")
     assert vector.layer == 12 and str(vector.positions) == "f2+l2"
+
+
+def test_joint_training_notebook(tmp_path):
+    _run("02_joint_training.py", tmp_path, PROSV_RESULTS=str(ROOT / "results"))
+    saved = json.loads((tmp_path / "joint_training/summary.json").read_text())
+    assert list(saved["runs"]) == ["paper", "small init", "alpha = 1", "sgd"]
+    runs = saved["runs"]
+    assert runs["alpha = 1"]["alpha"] == 1.0  # the ablation really keeps the factor fixed
+    assert runs["paper"]["alpha"] != runs["small init"]["alpha"]
+    for r in runs.values():
+        assert 0 < r["heldout_loss"] < 20 and 0 < r["train_loss_last"] < 20
+    drawn = {p.name for p in (tmp_path / "joint_training").glob("*.png")}
+    # The committed beta x lr_alpha sweep is drawn from its sweep.json when present.
+    has_sweep = (ROOT / "results/heatmap_medium/sweep.json").exists()
+    assert drawn == {"training_curves.png"} | ({"heatmap.png"} if has_sweep else set())
+
+
+@needs_axbench
+def test_axbench_eval_notebook(tmp_path):
+    _run("04_axbench_eval.py", tmp_path, PROSV_AXBENCH=str(AXBENCH / "prod_2b_l10_v1"))
+    scores = json.loads((tmp_path / "axbench_eval/scores.json").read_text())
+    assert [s["method"] for s in scores] == ["unsteered", "prompt", "diffmean", "prosv", "fssv"]
+    for s in scores:
+        assert 0 <= s["overall"]["mean"] <= 2 and s["n_answers"] == 2 * 2  # 2 concepts x 2 test
+        assert len(s["factors"]) == 2
+    assert all(f in (0.1, 0.2, 0.4) for f in scores[2]["factors"].values())
+    rows = (tmp_path / "axbench_eval/rows.jsonl").read_text().splitlines()
+    # per concept: 4 single-candidate methods x 2 test + diffmean (3 factors x 2 select + 2 test)
+    assert len(rows) == 2 * (4 * 2 + 3 * 2 + 2)
+    assert (tmp_path / "axbench_eval/steering_scores.png").exists()
 
 
 def test_attention_flow_notebook(tmp_path):
