@@ -38,7 +38,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from prosv_lens.concepts import ConceptData, ConceptDataError, builtin_instructions, concept_slug
+from prosv_lens.concepts import (
+    ConceptData,
+    ConceptDataError,
+    builtin_concepts,
+    builtin_instructions,
+    concept_slug,
+    load_builtin_concept,
+)
 from prosv_lens.generation import GenerationConfig, generate
 from prosv_lens.models import LoadedModel, default_cache_dir
 
@@ -378,3 +385,11 @@ def _write_json(path: Path, obj: dict) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def concept_data(model: LoadedModel, concept: str) -> ConceptData:
+    """The built-in data for a built-in concept, else data built now with ``model`` (cached)."""
+    if concept in builtin_concepts():
+        return load_builtin_concept(concept)
+    return build_concept_data(model, concept)
+

@@ -149,6 +149,8 @@ def test_config_round_trip_and_file_loading(tmp_path):
         (lambda: PositionSweepConfig(n_eval=0), "n_eval"),
         (lambda: HeatmapConfig.from_dict({"betaz": [1]}), "unknown"),
         (lambda: HeatmapConfig.from_dict({"kind": "positions"}), "kind"),
+        (lambda: HeatmapConfig(axbench="some/folder"), "axbench and concept_id go together"),
+        (lambda: PositionSweepConfig(concept_id=3), "axbench and concept_id go together"),
     ],
 )
 def test_bad_configs_raise_clear_errors(make, match):
@@ -163,6 +165,42 @@ def test_bad_position_spec_and_missing_kind(tmp_path):
     path.write_text(json.dumps({"model": "tiny"}))
     with pytest.raises(SweepError, match="kind"):
         load_sweep_config(path)
+
+
+def test_sweep_on_an_axbench_concept_and_resume_of_an_older_config(tiny, tmp_path, counted):
+    import pandas as pd
+
+    folder = tmp_path / "axbench"
+    folder.mkdir()
+    concept = "references to the sea"
+    meta = {
+        "concept_id": 0,
+        "concept": concept,
+        "ref": "",
+        "concept_genres_map": {concept: ["text"]},
+    }
+    (folder / "metadata.jsonl").write_text(json.dumps(meta) + "\n")
+    rows = [
+        {"input": f"Question {i}?", "output": f"The sea, answer {i}.", "output_concept": concept,
+         "concept_genre": "text", "category": "positive", "dataset_category": "instruction",
+         "concept_id": 0}
+        for i in range(8)
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_parquet(folder / "train_data.parquet")
+    cfg = PositionSweepConfig(specs=("f2+l2",), axbench=str(folder), concept_id=0, **SIZES)
+    sweep = run_position_sweep(tiny, cfg, tmp_path / "out", HashJudge())
+    assert sweep["concept"] == concept and len(counted) == 1
+    judged = [json.loads(x) for x in (tmp_path / "out/rows.jsonl").read_text().splitlines()]
+    assert {r["concept"] for r in judged} == {concept}
+    # A sweep.json saved before a config field existed resumes (the field takes its default).
+    plain = tmp_path / "plain"
+    run_position_sweep(tiny, POS, plain, HashJudge())
+    saved = json.loads((plain / "sweep.json").read_text())
+    del saved["config"]["axbench"], saved["config"]["concept_id"]
+    (plain / "sweep.json").write_text(json.dumps(saved))
+    n = len(counted)
+    run_position_sweep(tiny, POS, plain, HashJudge())
+    assert len(counted) == n
 
 
 def test_too_many_training_examples_is_refused(tiny, tmp_path):

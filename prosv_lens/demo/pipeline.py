@@ -27,12 +27,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from prosv_lens.baselines import diffmean
-from prosv_lens.builder import build_concept_data
+from prosv_lens.builder import concept_data
 from prosv_lens.concepts import (
     ConceptData,
-    builtin_concepts,
     builtin_instructions,
-    load_builtin_concept,
 )
 from prosv_lens.demo.report import render_report, write_figures
 from prosv_lens.evaluation.judges import Judge
@@ -120,13 +118,6 @@ class _Stages:
         self.seconds[name] = round(time.perf_counter() - t0, 1)
         self.bar.update()
         return out
-
-
-def concept_data(model: LoadedModel, concept: str) -> ConceptData:
-    """The built-in data for a built-in concept, else data built now with ``model`` (cached)."""
-    if concept in builtin_concepts():
-        return load_builtin_concept(concept)
-    return build_concept_data(model, concept)
 
 
 def make_judge(kind: str, model: LoadedModel) -> Judge:

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from prosv_lens.concepts import builtin_instructions, load_builtin_concept
+from prosv_lens.builder import concept_data
+from prosv_lens.concepts import builtin_instructions, load_axbench_concept
 from prosv_lens.concepts.data import ConceptData
 from prosv_lens.errors import ProsvError, TrainingDivergedError
 from prosv_lens.evaluation.judges import Judge
@@ -73,6 +74,9 @@ def _common_checks(cfg: Any) -> None:
     )
     _check(cfg.n_eval >= 1, f"n_eval must be >= 1, got {cfg.n_eval}")
     _check(cfg.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")  # fmt: skip
+    _check((cfg.axbench is None) == (cfg.concept_id is None),
+           "axbench and concept_id go together: set both to train on an AxBench concept, or "
+           f"neither to use `concept` (got axbench={cfg.axbench!r}, concept_id={cfg.concept_id!r})")  # fmt: skip
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -96,13 +100,19 @@ class HeatmapConfig:
     """Factor init (``beta``) x factor learning rate (``lr_alpha``), per optimizer.
 
     Every other training setting is the PrOSV preset (:meth:`TrainConfig.prosv`) at
-    ``positions``; the first ``n_train`` examples of the built-in ``concept`` train, the next
-    ``n_heldout`` (``None``: all the rest) are held out for the loss, and the first ``n_eval`` built-in eval instructions are judged.
+    ``positions``. The data: ``concept`` (a built-in concept, or any concept, whose data is then
+    built with the model and cached, see :func:`~prosv_lens.builder.concept_data`), or, when
+    ``axbench`` (a folder or ``hf:`` id, see :func:`~prosv_lens.concepts.resolve_axbench`) and
+    ``concept_id`` are set, that AxBench concept's positives. The first ``n_train`` examples
+    train, the next ``n_heldout`` (``None``: all the rest) are held out for the loss, and the
+    first ``n_eval`` built-in eval instructions are judged.
     """
 
     kind = "heatmap"
     model: str = "smollm2-135m-instruct"
     concept: str = "the ocean"
+    axbench: str | None = None
+    concept_id: int | None = None
     layer: int = 12
     positions: str = "f2+l2"
     betas: tuple[float, ...] = (0.5, 2.0, 8.0)
@@ -156,6 +166,8 @@ class PositionSweepConfig:
     kind = "positions"
     model: str = "smollm2-135m-instruct"
     concept: str = "the ocean"
+    axbench: str | None = None
+    concept_id: int | None = None
     layer: int = 12
     specs: tuple[str, ...] = ("all", "prompt", "f2+l2", "f4", "l4", "f4+l4", "f8+l8")
     preset: str = "prosv"
@@ -235,8 +247,8 @@ def run_sweep(model: LoadedModel, cfg: SweepConfig, out_dir: str | Path, judge: 
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_builtin_concept(cfg.concept)
-    _check(cfg.n_train < len(data), f"concept {cfg.concept!r} has {len(data)} examples: "
+    data = sweep_data(model, cfg)
+    _check(cfg.n_train < len(data), f"concept {data.name!r} has {len(data)} examples: "
            f"n_train={cfg.n_train} leaves none held out; lower n_train")  # fmt: skip
     train_part, held_out = data.split(cfg.n_train)
     if cfg.n_heldout is not None:
@@ -246,7 +258,7 @@ def run_sweep(model: LoadedModel, cfg: SweepConfig, out_dir: str | Path, judge: 
     tasks = tasks_from(instructions[: cfg.n_eval])
     log = ResultLog(out / ROWS_FILE, KEY_FIELDS)
     eval_cfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.n_eval, seed=cfg.seed)
-    sweep = _load_or_start(out / SWEEP_FILE, cfg, model, judge)
+    sweep = _load_or_start(out / SWEEP_FILE, cfg, model, judge, data.name)
     if sweep["baseline"] is None:
         rows = evaluate_steering(model, data.name, [Method.unsteered()], tasks, judge, log, eval_cfg,
                                  split=False)  # fmt: skip
@@ -263,18 +275,31 @@ def run_sweep(model: LoadedModel, cfg: SweepConfig, out_dir: str | Path, judge: 
     return sweep
 
 
-def _load_or_start(path: Path, cfg: SweepConfig, model: LoadedModel, judge: Judge) -> dict:
+def sweep_data(model: LoadedModel, cfg: SweepConfig) -> ConceptData:
+    """The sweep's concept data: the AxBench concept's positives, or ``cfg.concept``'s data."""
+    if cfg.axbench is not None:
+        return load_axbench_concept(cfg.axbench, cfg.concept_id)
+    return concept_data(model, cfg.concept)
+
+
+def _load_or_start(
+    path: Path, cfg: SweepConfig, model: LoadedModel, judge: Judge, concept: str
+) -> dict:
     if path.exists():
         sweep = json.loads(path.read_text())
-        same = json.loads(json.dumps(cfg.to_dict()))  # tuples are lists once saved
-        _check(sweep.get("config") == same and sweep.get("judge") == judge.name
+        saved = sweep.get("config")
+        try:  # fields added since the sweep was saved take their defaults
+            same = isinstance(saved, dict) and type(cfg).from_dict(saved) == cfg
+        except (SweepError, TypeError, ValueError):
+            same = False
+        _check(same and sweep.get("judge") == judge.name
                and sweep.get("model") == model.model_id,
                f"{path} holds a sweep of another config, model or judge: use a new out_dir "
                "(or delete the folder to start over)")  # fmt: skip
         return sweep
     return {
         "kind": cfg.kind, "config": cfg.to_dict(), "model": model.model_id, "judge": judge.name,
-        "concept": cfg.concept, "layer": cfg.layer, "baseline": None, "cells": [],
+        "concept": concept, "layer": cfg.layer, "baseline": None, "cells": [],
     }  # fmt: skip
 
 
