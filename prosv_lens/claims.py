@@ -33,12 +33,14 @@ VERDICTS = {
     "contradicted": "the opposite sign, with a CI that excludes 0",
     "no result": "the saved result is missing (the section names the command that makes it)",
 }
-DEMO, HEATMAP, POSITIONS, ATTENTION = "demo_ocean", "heatmap_medium", "positions_medium", "attention_ocean"  # fmt: skip
+DEMO, ATTENTION = "demo_ocean", "attention_ocean"
+# Sweep folders (results/<config name>) and what they train on, primary first.
+HEATMAPS = {"heatmap_axbench": "AxBench concept", "heatmap_medium": "built-in concept"}
+POSITIONS = {"positions_axbench": "AxBench concept"}
 COMMANDS = {
     DEMO: "prosv demo --out runs  (then copy results.json and rows.jsonl to results/demo_ocean/)",
-    HEATMAP: "prosv sweep configs/heatmap_medium.json",
-    POSITIONS: "prosv sweep configs/positions_medium.json",
     ATTENTION: "see results/attention_ocean/README.md",
+    **{folder: f"prosv sweep configs/{folder}.json" for folder in (*HEATMAPS, *POSITIONS)},
 }
 
 
@@ -226,8 +228,9 @@ def _tradeoff_claim(
 # -- claims from the sweeps --------------------------------------------------------------------
 
 
-def heatmap_claims(sweep: dict | None, rows: Sequence[dict]) -> list[Claim]:
-    """Adam vs SGD, and large factor init and LR (held-out loss and steering score per cell)."""
+def heatmap_claims(sweep: dict | None, rows: Sequence[dict], folder: str) -> list[Claim]:
+    """Adam vs SGD, and large factor init and LR (held-out loss and steering score per cell),
+    from the sweep saved in ``results/<folder>``."""
     adam_t = ("Adam, not SGD, trains the factor",
               "With SGD the loss barely moves unless the factor init is very large (β=32); Adam "
               "with a large factor init reaches far lower loss (§4.4 table, Gemma-2-2B).")  # fmt: skip
@@ -235,9 +238,12 @@ def heatmap_claims(sweep: dict | None, rows: Sequence[dict]) -> list[Claim]:
               "Scaling theory: alpha0 = β·sqrt(d) with β ~ 2-8 and lr_alpha ~ 1-20; small inits or "
               "LRs leave the loss near the unsteered one within the training budget.")  # fmt: skip
     if sweep is None:
-        return [_missing(*adam_t, HEATMAP), _missing(*init_t, HEATMAP)]
+        label = f" ({HEATMAPS.get(folder, folder)})"
+        return [_missing(adam_t[0] + label, adam_t[1], folder), _missing(init_t[0] + label, init_t[1], folder)]  # fmt: skip
+    label = f" ({sweep['concept']})"
+    adam_t, init_t = (adam_t[0] + label, adam_t[1]), (init_t[0] + label, init_t[1])
     cfg, base = sweep["config"], sweep["baseline"]["heldout_loss"]
-    src = f"results/{HEATMAP}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, concept {sweep['concept']!r}, {cfg['n_train']} training examples, {cfg['epochs']} epochs)"  # fmt: skip
+    src = f"results/{folder}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, concept {sweep['concept']!r}, {cfg['n_train']} training examples, {cfg['epochs']} epochs)"  # fmt: skip
     loss = {(c["optimizer"], c["beta"], c["lr_alpha"]): (math.inf if c["diverged"] else c["heldout_loss"])
             for c in sweep["cells"]}  # fmt: skip
     key = {(c["optimizer"], c["beta"], c["lr_alpha"]): c["key"] for c in sweep["cells"]}
@@ -250,12 +256,20 @@ def heatmap_claims(sweep: dict | None, rows: Sequence[dict]) -> list[Claim]:
             o: min((g for g in both), key=lambda g, o=o: loss[(o, *g)]) for o in ("adam", "sgd")
         }
         d = paired_difference(rows, key[("adam", *best["adam"])], key[("sgd", *best["sgd"])])
-        claims.append(Claim(*adam_t, verdict(d), (
+        l_adam, l_sgd = loss[("adam", *best["adam"])], loss[("sgd", *best["sgd"])]
+        if l_adam < l_sgd:
+            v = "reproduces" if wins >= 0.75 * len(both) else "same sign, not significant"
+        else:
+            v = "not reproduced"
+        claims.append(Claim(*adam_t, v, (
             f"held-out loss (unsteered {base:.3f}): Adam lower than SGD in {wins} of {len(both)} "
-            f"(β, lr_alpha) cells; best Adam {loss[('adam', *best['adam'])]:.3f} at {key[('adam', *best['adam'])]}, "
-            f"best SGD {loss[('sgd', *best['sgd'])]:.3f} at {key[('sgd', *best['sgd'])]}",
+            f"(β, lr_alpha) cells; best Adam {l_adam:.3f} at {key[('adam', *best['adam'])]}, "
+            f"best SGD {l_sgd:.3f} at {key[('sgd', *best['sgd'])]}",
             f"steering score, best Adam cell - best SGD cell (paired): {d}",
             f"diverged cells: {sum(c['diverged'] is not None for c in sweep['cells'])}",
+            "verdict rule (a held-out loss has no CI here): reproduces when Adam's best loss is "
+            "lower than SGD's and Adam is lower in at least 3/4 of the cells; same sign when "
+            "only its best is lower",
         ), src))  # fmt: skip
     adam = [g for g in grid if ("adam", *g) in loss]
     if adam:
@@ -272,20 +286,32 @@ def heatmap_claims(sweep: dict | None, rows: Sequence[dict]) -> list[Claim]:
         lines += [
             f"best cell β={best[0]:g}, lr_alpha={best[1]:g}; the smallest (β={small[0]:g}, "
             f"lr_alpha={small[1]:g}) gets {gain[small]:.0%} of the best cell's loss reduction",
-            f"steering score, best - smallest cell (paired): {d}",
-        ]  # fmt: skip
-        claims.append(Claim(*init_t, verdict(d), tuple(lines), src))
+            *([f"steering score, best - smallest cell (paired): {d}"] if best != small else []),
+            "verdict rule (a held-out loss has no CI here): reproduces when the lowest loss has "
+            "both β and lr_alpha above the grid's smallest and the smallest cell gets under half "
+            "its loss reduction; same sign when the lowest loss is elsewhere than the smallest "
+            "cell; not reproduced when the smallest cell has the lowest loss",
+        ]
+        if best == small:
+            v = "not reproduced"
+        elif best[0] > small[0] and best[1] > small[1] and gain[small] < 0.5:
+            v = "reproduces"
+        else:
+            v = "same sign, not significant"
+        claims.append(Claim(*init_t, v, tuple(lines), src))
     return claims
 
 
-def position_claims(sweep: dict | None, rows: Sequence[dict]) -> list[Claim]:
-    """A few boundary prompt tokens (``f2+l2``) vs every prompt token and vs every token."""
+def position_claims(sweep: dict | None, rows: Sequence[dict], folder: str) -> list[Claim]:
+    """A few boundary prompt tokens (``f2+l2``) vs every prompt token and vs every token, from
+    the sweep saved in ``results/<folder>``."""
     title = ("A few boundary prompt tokens beat all prompt tokens",
              "Position search (Concept10): f2+l2 0.731 vs all_prompt 0.504 and all (FSSV) 0.490 "
              "on Gemma-2-2B L10; 0.800 vs 0.621 and 0.749 on Gemma-2-9B L20.")  # fmt: skip
     if sweep is None:
-        return [_missing(*title, POSITIONS)]
-    src = f"results/{POSITIONS}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, PrOSV preset per spec)"  # fmt: skip
+        return [_missing(f"{title[0]} ({POSITIONS.get(folder, folder)})", title[1], folder)]
+    title = (f"{title[0]} ({sweep['concept']})", title[1])
+    src = f"results/{folder}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, PrOSV preset per spec)"  # fmt: skip
     cells = {c["key"]: c for c in sweep["cells"] if not c["diverged"]}
     d_prompt = paired_difference(rows, "f2+l2", "prompt")
     d_all = paired_difference(rows, "f2+l2", "all")
@@ -323,14 +349,18 @@ def mechanism_lines(folder: Path) -> list[str]:
 # -- the report --------------------------------------------------------------------------------
 
 
+def _sweep(folder: Path) -> tuple[dict | None, list[dict]]:
+    return _read_json(folder / "sweep.json"), _read_rows(folder / "rows.jsonl")
+
+
 def collect_claims(results_dir: str | Path) -> list[Claim]:
     """Every claim, from the saved results under ``results_dir``."""
     root = Path(results_dir)
     demo = _read_json(root / DEMO / "results.json")
     return [
         *demo_claims(demo, _read_rows(root / DEMO / "rows.jsonl")),
-        *position_claims(_read_json(root / POSITIONS / "sweep.json"), _read_rows(root / POSITIONS / "rows.jsonl")),
-        *heatmap_claims(_read_json(root / HEATMAP / "sweep.json"), _read_rows(root / HEATMAP / "rows.jsonl")),
+        *(c for f in POSITIONS for c in position_claims(*_sweep(root / f), f)),
+        *(c for f in HEATMAPS for c in heatmap_claims(*_sweep(root / f), f)),
     ]  # fmt: skip
 
 
@@ -342,7 +372,8 @@ def render_report(claims: Sequence[Claim], mechanism: Sequence[str] = ()) -> str
         "Generated by `prosv report` from the saved results under `results/` (no model run); "
         "regenerate after rerunning an experiment. The paper is arXiv 2605.05983 (Gemma-2 and "
         "Qwen models, 100 AxBench concepts, LLM judge); here everything runs on SmolLM2-135M-"
-        "Instruct on 2 CPU cores with the offline judge, on one built-in concept, so the CIs are "
+        "Instruct on 2 CPU cores with the offline judge, one concept at a time (a built-in "
+        "concept written by SmolLM2 itself, and an AxBench Concept10 concept), so the CIs are "
         "wide and a claim that does not reproduce here may still hold at the paper's scale.",
         "",
         "| # | claim | verdict |",
@@ -359,7 +390,13 @@ def render_report(claims: Sequence[Claim], mechanism: Sequence[str] = ()) -> str
             f"**Here** ({c.source}):",
             "",
         ]
-        out += [line if line.startswith("|") else f"- {line}" for line in c.evidence]
+        prev_table = False
+        for line in c.evidence:  # a table gets blank lines around it, other lines are bullets
+            table = line.startswith("|")
+            if table != prev_table and out[-1] != "":
+                out.append("")
+            out.append(line if table else f"- {line}")
+            prev_table = table
         out += ["", f"**Verdict: {c.verdict}.**", ""]
     if mechanism:
         out += ["## Beyond the paper: the route of a prompt-only edit", "",

@@ -74,10 +74,11 @@ def test_claim_rejects_an_unknown_verdict():
 
 def test_missing_results_give_no_result_and_the_command(tmp_path):
     claims = collect_claims(tmp_path)
-    assert len(claims) == 7 and {c.verdict for c in claims} == {"no result"}
+    assert len(claims) == 9 and {c.verdict for c in claims} == {"no result"}
     text = build_report(tmp_path)
     for command in ("prosv demo", "prosv sweep configs/heatmap_medium.json",
-                    "prosv sweep configs/positions_medium.json"):  # fmt: skip
+                    "prosv sweep configs/heatmap_axbench.json",
+                    "prosv sweep configs/positions_axbench.json"):  # fmt: skip
         assert command in text
     assert all(f"**{k}**" in text for k in VERDICTS)
 

@@ -1,9 +1,12 @@
 """Every plotting function renders from saved results alone (no model) and writes PNG + PDF."""
 
 import json
+from pathlib import Path
 
 import pytest
+from matplotlib.image import imread
 
+from prosv_lens.cli import main
 from prosv_lens.evaluation.stats import bootstrap_mean
 from prosv_lens.figures import (
     save,
@@ -44,3 +47,18 @@ def test_evaluation_figures_render_from_json(tmp_path):
         assert all(p.stat().st_size > 1000 for p in paths)
     with pytest.raises(ValueError, match="no scores"):
         steering_scores_figure([])
+
+
+def test_committed_figures_are_all_redrawn_from_committed_results(tmp_path, capsys):
+    """`prosv figures` on the repository's results/ redraws exactly the files in figures/ (same
+    names, same image sizes; the logit-lens table byte for byte), without a model."""
+    root = Path(__file__).resolve().parents[1]
+    assert main(["figures", "--results", str(root / "results"), "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    drawn = sorted(p.name for p in tmp_path.iterdir())
+    assert drawn == sorted(p.name for p in (root / "figures").iterdir())
+    for name in drawn:
+        if name.endswith(".png"):
+            assert imread(tmp_path / name).shape == imread(root / "figures" / name).shape, name
+        elif name.endswith(".md"):
+            assert (tmp_path / name).read_text() == (root / "figures" / name).read_text()

@@ -130,7 +130,8 @@ def test_config_round_trip_and_file_loading(tmp_path):
         "heatmap_small": 18,
         "positions_small": 7,
         "heatmap_medium": 32,
-        "positions_medium": 10,
+        "heatmap_axbench": 18,
+        "positions_axbench": 7,
     }
     for name, n_cells in sizes.items():
         cfg = load_sweep_config(f"configs/{name}.json")
