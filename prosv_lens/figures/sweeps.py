@@ -43,10 +43,26 @@ def heatmap_figure(sweep: dict) -> object:
             len(optimizers), 2, figsize=(7.2, 2.7 * len(optimizers)), squeeze=False,
             layout="constrained",
         )  # fmt: skip
-    panels = (
-        ("loss", "held-out loss (NLL)", "viridis_r"),
-        ("score", "steering score (0-2)", "viridis"),
+    base = sweep.get("baseline") or {}
+    unsteered = {
+        "loss": base.get("heldout_loss"),
+        "score": (base.get("scores") or {}).get("overall", {}).get("mean"),
+    }
+    panels = tuple(
+        (
+            what,
+            label + ("" if unsteered[what] is None else f", unsteered {unsteered[what]:.2f}"),
+            cmap,
+        )
+        for what, label, cmap in (
+            ("loss", "held-out loss (NLL)", "viridis_r"),
+            ("score", "steering score (0-2)", "viridis"),
+        )
     )
+    # One loss scale for every optimizer row, so rows compare by colour.
+    losses = [_value(c, "loss") for c in sweep["cells"]]
+    finite = [x for x in losses if math.isfinite(x)]
+    loss_range = {"vmin": min(finite), "vmax": max(finite)} if finite else {}
     for row, opt in zip(axes, optimizers, strict=True):
         cells = {(c["beta"], c["lr_alpha"]): c for c in sweep["cells"] if c["optimizer"] == opt}
         for ax, (what, label, cmap) in zip(row, panels, strict=True):
@@ -55,7 +71,7 @@ def heatmap_figure(sweep: dict) -> object:
                 for j, lr in enumerate(lrs):
                     if (b, lr) in cells:
                         grid[i, j] = _value(cells[(b, lr)], what)
-            kw = {"vmin": 0.0, "vmax": 2.0} if what == "score" else {}
+            kw = {"vmin": 0.0, "vmax": 2.0} if what == "score" else loss_range
             im = ax.imshow(grid, cmap=cmap, origin="lower", aspect="auto", **kw)
             for i, b in enumerate(betas):
                 for j, lr in enumerate(lrs):
@@ -67,7 +83,9 @@ def heatmap_figure(sweep: dict) -> object:
                         if cell.get("diverged")
                         else f"{grid[i, j]:.2f}"
                     )
-                    ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w")
+                    red, green, blue, _ = im.cmap(im.norm(grid[i, j]))  # dark text on light cells
+                    ink = "k" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "w"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7, color=ink)
             ax.set_xticks(range(len(lrs)), [f"{x:g}" for x in lrs])
             ax.set_yticks(range(len(betas)), [f"{x:g}" for x in betas])
             ax.set_xlabel("factor learning rate lr_alpha")
