@@ -34,7 +34,17 @@
 #
 # This notebook checks the argument on SmolLM2-135M-Instruct: it measures the two scales, trains
 # the same prompt-only vector four ways on the same data and budget, and then shows the full
-# `beta x lr_alpha` sweep (Adam and SGD) saved by `prosv sweep configs/heatmap_medium.json`.
+# `beta x lr_alpha` sweeps (Adam and SGD) saved by `prosv sweep configs/heatmap_axbench.json` and
+# `configs/heatmap_medium.json`.
+#
+# **The data matters.** The argument is about edits that must move the model *far*. AxBench's
+# answers were written by another model (GPT-4o-mini), so SmolLM2 finds them unlikely and the
+# vector has a long way to go: the paper's regime. The package's built-in concepts were written
+# by SmolLM2 itself, so the unsteered model already predicts them well and a small edit is enough.
+# The notebook trains on AxBench Concept10 concept 0 when a copy is at hand (`PROSV_AXBENCH`, by
+# default the shared copy beside the repository; with the hub, `hf:pyvene/axbench-concept10/2b/l10`)
+# and on the built-in "the ocean" otherwise. Section 4 shows both sweeps side by side.
+#
 # Set `PROSV_SMOKE=1` for toy sizes (CI does); the model is always the real one.
 
 # %%
@@ -44,7 +54,7 @@ import os
 from pathlib import Path
 
 from prosv_lens import TrainConfig, load_model, train
-from prosv_lens.concepts import load_builtin_concept
+from prosv_lens.concepts import ConceptDataError, load_axbench_concept, load_builtin_concept
 from prosv_lens.directions import resid_post
 from prosv_lens.figures import heatmap_figure, training_curves_figure
 from prosv_lens.figures.style import save
@@ -54,6 +64,7 @@ from prosv_lens.training import response_loss
 SMOKE = os.environ.get("PROSV_SMOKE") == "1"
 N_TRAIN, N_HELDOUT, EPOCHS = (12, 4, 1) if SMOKE else (48, 16, 8)
 RESULTS = Path(os.environ.get("PROSV_RESULTS", "../results"))  # committed sweep results
+AXBENCH = os.environ.get("PROSV_AXBENCH", "../../shared/data/axbench-concept10/prod_2b_l10_v1")
 OUT = Path("joint_training")
 
 # %% [markdown]
@@ -66,7 +77,12 @@ OUT = Path("joint_training")
 model = load_model("smollm2-135m-instruct")
 layer = round(0.4 * model.n_layers)
 d = model.d_model
-data = load_builtin_concept("the ocean")
+try:
+    data = load_axbench_concept(AXBENCH, 0)  # 72 answers written by another model
+except ConceptDataError as e:
+    print(f"no AxBench data ({e}); training on the built-in concept instead")
+    data = load_builtin_concept("the ocean")
+print(f"concept: {data.name!r}, {len(data)} examples")
 train_part, held_out = data.split(N_TRAIN)
 held_out = held_out.subset(range(N_HELDOUT))
 
@@ -138,7 +154,7 @@ for name, s in summary.items():
 
 # %%
 OUT.mkdir(exist_ok=True)
-fig = training_curves_figure(logs, f"the ocean — {model.model_id} L{layer}, f2+l2")
+fig = training_curves_figure(logs, f"{data.name[:40]} — {model.model_id} L{layer}, f2+l2")
 print("saved", [str(p) for p in save(fig, OUT / "training_curves")])
 (OUT / "summary.json").write_text(
     json.dumps({"unsteered_heldout_loss": unsteered, "runs": summary}, indent=1)
@@ -155,20 +171,20 @@ print(f"paper settings beat the small init: {summary['paper']['heldout_loss'] < 
 
 # %% [markdown]
 # ## 4. The whole grid: `beta x lr_alpha`, Adam and SGD
-# The saved sweep (one vector per cell, trained and judged the same way) is drawn from its
-# `sweep.json` alone. To recompute it (about 50 minutes on 2 CPU cores):
+# The saved sweeps (one vector per cell, trained and judged the same way) are drawn from their
+# `sweep.json` alone: on the AxBench concept and on the built-in one. To recompute them (about
+# 25 and 35 minutes on 2 CPU cores): `prosv sweep configs/heatmap_axbench.json` and
 # `prosv sweep configs/heatmap_medium.json`.
 
 # %%
-sweep_file = RESULTS / "heatmap_medium" / "sweep.json"
-if sweep_file.exists():
+for name in ("heatmap_axbench", "heatmap_medium"):
+    sweep_file = RESULTS / name / "sweep.json"
+    if not sweep_file.exists():
+        print(f"no saved sweep at {sweep_file}: run `prosv sweep configs/{name}.json` from the "
+              "repository root (or set PROSV_RESULTS)")  # fmt: skip
+        continue
     sweep = json.loads(sweep_file.read_text())
-    print("saved", [str(p) for p in save(heatmap_figure(sweep), OUT / "heatmap")])
+    print("saved", [str(p) for p in save(heatmap_figure(sweep), OUT / name)])
     best = min((c for c in sweep["cells"] if not c["diverged"]), key=lambda c: c["heldout_loss"])
-    print(f"{len(sweep['cells'])} cells; lowest held-out loss {best['heldout_loss']:.3f} at {best['key']}; "
-          f"unsteered {sweep['baseline']['heldout_loss']:.3f}")  # fmt: skip
-else:
-    print(
-        f"no saved sweep at {sweep_file}: run `prosv sweep configs/heatmap_medium.json` "
-        "from the repository root (or set PROSV_RESULTS)"
-    )
+    print(f"{sweep['concept']!r}: {len(sweep['cells'])} cells; lowest held-out loss "
+          f"{best['heldout_loss']:.3f} at {best['key']}; unsteered {sweep['baseline']['heldout_loss']:.3f}")  # fmt: skip

@@ -36,11 +36,12 @@
 # Hugging Face hub, `hf:pyvene/axbench-concept10/2b/l10` downloads the same data.
 #
 # **Judge.** The offline judge (MiniLM embeddings for concept and instruction, SmolLM2's own
-# likelihood for fluency) runs anywhere. For the paper's LLM judge, pass
-# `make_judge("llm", model)` with `OPENAI_API_KEY` set. The held-out instructions are the
+# likelihood for fluency) runs anywhere. For the paper's LLM judge, set `judge = LLMJudge()` (an
+# OpenAI-compatible endpoint; needs `OPENAI_API_KEY`). The held-out instructions are the
 # package's built-in evaluation split (AxBench itself samples Alpaca-Eval instructions).
 #
-# Set `PROSV_SMOKE=1` for toy sizes (CI does).
+# Set `PROSV_SMOKE=1` for toy sizes (CI does), `PROSV_N_CONCEPTS` to judge fewer concepts, and
+# `PROSV_OUT` for the output folder (default `axbench_eval`; a rerun resumes the judged rows).
 
 # %%
 import json
@@ -69,6 +70,7 @@ from prosv_lens.interventions import SteeringVector
 SMOKE = os.environ.get("PROSV_SMOKE") == "1"
 AXBENCH = os.environ.get("PROSV_AXBENCH", "../../shared/data/axbench-concept10/prod_2b_l10_v1")
 N_CONCEPTS, N_TRAIN, EPOCHS, N_EVAL, N_TOKENS = (2, 12, 1, 4, 8) if SMOKE else (10, 72, 6, 20, 64)
+N_CONCEPTS = int(os.environ.get("PROSV_N_CONCEPTS", N_CONCEPTS))  # the first N of the folder
 DIFFMEAN_FACTORS = (0.1, 0.2, 0.4) if SMOKE else (0.05, 0.1, 0.2, 0.4, 0.8)  # x residual norm
 OUT = Path(os.environ.get("PROSV_OUT", "axbench_eval"))  # rows, scores and figure go here
 

@@ -33,13 +33,16 @@ VERDICTS = {
     "contradicted": "the opposite sign, with a CI that excludes 0",
     "no result": "the saved result is missing (the section names the command that makes it)",
 }
-DEMO, ATTENTION = "demo_ocean", "attention_ocean"
+DEMO, ATTENTION, AXBENCH = "demo_ocean", "attention_ocean", "axbench_l10"
 # Sweep folders (results/<config name>) and what they train on, primary first.
 HEATMAPS = {"heatmap_axbench": "AxBench concept", "heatmap_medium": "built-in concept"}
 POSITIONS = {"positions_axbench": "AxBench concept"}
 COMMANDS = {
     DEMO: "prosv demo --out runs  (then copy results.json and rows.jsonl to results/demo_ocean/)",
     ATTENTION: "see results/attention_ocean/README.md",
+    AXBENCH: "PROSV_N_CONCEPTS=5 PROSV_OUT=results/axbench_l10 "
+    "PROSV_AXBENCH=../shared/data/axbench-concept10/prod_2b_l10_v1 "
+    "python notebooks/04_axbench_eval.py",
     **{folder: f"prosv sweep configs/{folder}.json" for folder in (*HEATMAPS, *POSITIONS)},
 }
 
@@ -225,6 +228,30 @@ def _tradeoff_claim(
     return Claim(*title, result, tuple(lines), src)
 
 
+def axbench_claims(scores: list | None, rows: Sequence[dict]) -> list[Claim]:
+    """PrOSV vs FSSV and vs factor-searched DiffMean on AxBench concepts (notebook 04's output)."""
+    titles = [
+        ("PrOSV steers better than FSSV (AxBench Concept10)",
+         "Jointly trained PrOSV beats jointly trained FSSV on the AxBench overall score."),
+        ("No post-hoc factor search is needed (AxBench Concept10)",
+         "The jointly trained vector at its learned factor beats factor-searched baselines."),
+    ]  # fmt: skip
+    if scores is None or not rows:
+        return [_missing(t, p, AXBENCH) for t, p in titles]
+    by = {s["method"]: s for s in scores}
+    n_concepts = len(by["prosv"]["factors"])
+    src = f"results/{AXBENCH}/scores.json, rows.jsonl ({n_concepts} concepts of prod_2b_l10_v1, notebook 04)"  # fmt: skip
+    overall = "; ".join(f"{m} {_est(s['overall'])}" for m, s in by.items())
+    claims = []
+    for (title, paper), other in zip(titles, ("fssv", "diffmean"), strict=True):
+        d = paired_difference(rows, "prosv", other)
+        claims.append(Claim(title, paper, verdict(d), (
+            f"overall score (CI over the {n_concepts} concepts' means): {overall}",
+            f"paired difference PrOSV - {other} over {d.n} (concept, instruction) answers: {d}",
+        ), src))  # fmt: skip
+    return claims
+
+
 # -- claims from the sweeps --------------------------------------------------------------------
 
 
@@ -359,6 +386,7 @@ def collect_claims(results_dir: str | Path) -> list[Claim]:
     demo = _read_json(root / DEMO / "results.json")
     return [
         *demo_claims(demo, _read_rows(root / DEMO / "rows.jsonl")),
+        *axbench_claims(_read_json(root / AXBENCH / "scores.json"), _read_rows(root / AXBENCH / "rows.jsonl")),
         *(c for f in POSITIONS for c in position_claims(*_sweep(root / f), f)),
         *(c for f in HEATMAPS for c in heatmap_claims(*_sweep(root / f), f)),
     ]  # fmt: skip

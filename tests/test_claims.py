@@ -74,11 +74,12 @@ def test_claim_rejects_an_unknown_verdict():
 
 def test_missing_results_give_no_result_and_the_command(tmp_path):
     claims = collect_claims(tmp_path)
-    assert len(claims) == 9 and {c.verdict for c in claims} == {"no result"}
+    assert len(claims) == 11 and {c.verdict for c in claims} == {"no result"}
     text = build_report(tmp_path)
     for command in ("prosv demo", "prosv sweep configs/heatmap_medium.json",
                     "prosv sweep configs/heatmap_axbench.json",
-                    "prosv sweep configs/positions_axbench.json"):  # fmt: skip
+                    "prosv sweep configs/positions_axbench.json",
+                    "python notebooks/04_axbench_eval.py"):  # fmt: skip
         assert command in text
     assert all(f"**{k}**" in text for k in VERDICTS)
 

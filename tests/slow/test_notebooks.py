@@ -58,7 +58,8 @@ def test_quickstart_notebook(tmp_path):
 
 
 def test_joint_training_notebook(tmp_path):
-    _run("02_joint_training.py", tmp_path, PROSV_RESULTS=str(ROOT / "results"))
+    _run("02_joint_training.py", tmp_path, PROSV_RESULTS=str(ROOT / "results"),
+         PROSV_AXBENCH=str(AXBENCH / "prod_2b_l10_v1"))  # fmt: skip
     saved = json.loads((tmp_path / "joint_training/summary.json").read_text())
     assert list(saved["runs"]) == ["paper", "small init", "alpha = 1", "sgd"]
     runs = saved["runs"]
@@ -67,9 +68,10 @@ def test_joint_training_notebook(tmp_path):
     for r in runs.values():
         assert 0 < r["heldout_loss"] < 20 and 0 < r["train_loss_last"] < 20
     drawn = {p.name for p in (tmp_path / "joint_training").glob("*.png")}
-    # The committed beta x lr_alpha sweep is drawn from its sweep.json when present.
-    has_sweep = (ROOT / "results/heatmap_medium/sweep.json").exists()
-    assert drawn == {"training_curves.png"} | ({"heatmap.png"} if has_sweep else set())
+    # The committed beta x lr_alpha sweeps are drawn from their sweep.json when present.
+    sweeps = {f"{n}.png" for n in ("heatmap_axbench", "heatmap_medium")
+              if (ROOT / "results" / n / "sweep.json").exists()}  # fmt: skip
+    assert sweeps and drawn == {"training_curves.png"} | sweeps
 
 
 @needs_axbench
