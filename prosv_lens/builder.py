@@ -392,4 +392,3 @@ def concept_data(model: LoadedModel, concept: str) -> ConceptData:
     if concept in builtin_concepts():
         return load_builtin_concept(concept)
     return build_concept_data(model, concept)
-
