@@ -316,10 +316,10 @@ def heatmap_claims(sweep: dict | None, rows: Sequence[dict], folder: str) -> lis
             *([f"steering score, best - smallest cell (paired): {d}"] if best != small else []),
             "verdict rule (a held-out loss has no CI here): reproduces when the lowest loss has "
             "both β and lr_alpha above the grid's smallest and the smallest cell gets under half "
-            "its loss reduction; same sign when the lowest loss is elsewhere than the smallest "
-            "cell; not reproduced when the smallest cell has the lowest loss",
+            "its loss reduction; same sign when the lowest loss has a β above the smallest; "
+            "not reproduced when the smallest β has the lowest loss",
         ]
-        if best == small:
+        if best[0] == small[0]:
             v = "not reproduced"
         elif best[0] > small[0] and best[1] > small[1] and gain[small] < 0.5:
             v = "reproduces"
@@ -340,6 +340,10 @@ def position_claims(sweep: dict | None, rows: Sequence[dict], folder: str) -> li
     title = (f"{title[0]} ({sweep['concept']})", title[1])
     src = f"results/{folder}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, PrOSV preset per spec)"  # fmt: skip
     cells = {c["key"]: c for c in sweep["cells"] if not c["diverged"]}
+    missing = sorted({"f2+l2", "prompt", "all"} - set(cells))
+    if missing:  # an unfinished (or diverged) sweep
+        return [Claim(*title, "no result", (f"cells {missing} are missing or diverged; rerun "
+                                            f"`{COMMANDS.get(folder, 'prosv sweep')}` to finish",), src)]  # fmt: skip
     d_prompt = paired_difference(rows, "f2+l2", "prompt")
     d_all = paired_difference(rows, "f2+l2", "all")
     ranked = sorted(cells.values(), key=lambda c: -c["scores"]["overall"]["mean"])
