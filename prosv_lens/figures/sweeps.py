@@ -118,7 +118,9 @@ def position_sweep_figure(sweep: dict) -> object:
         est = c["scores"]["overall"]
         err = [[est["mean"] - est["low"]], [est["high"] - est["mean"]]]
         left.bar(i, est["mean"], yerr=err, color=colors[i], capsize=2)
-        right.bar(i, c["heldout_loss"], color=colors[i])
+        right.plot(
+            i, c["heldout_loss"], "o", color=colors[i], ms=6
+        )  # dots: the axis starts near the data
     base = sweep.get("baseline")
     if base:
         left.axhline(base["scores"]["overall"]["mean"], ls="--", color="0.5", label="unsteered")
@@ -128,7 +130,8 @@ def position_sweep_figure(sweep: dict) -> object:
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
         ax.set_xlabel("steered positions")
     left.set_ylim(0, 2)
-    left.set_ylabel("steering score (judge overall, 0-2)")
+    left.set_ylabel("steering score (0-2)")
+    right.margins(x=0.08, y=0.15)
     right.set_ylabel("held-out loss (NLL)")
     fig.suptitle(_title(sweep, f"position sweep ({sweep['config']['preset']} preset)"))
     return fig
