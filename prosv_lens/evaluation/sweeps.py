@@ -96,7 +96,33 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 @dataclass(frozen=True)
-class HeatmapConfig:
+class _SweepConfig:
+    """Fields and (de)serialisation shared by every sweep config (see :class:`HeatmapConfig`)."""
+
+    kind = ""
+    model: str = "smollm2-135m-instruct"
+    concept: str = "the ocean"
+    axbench: str | None = None
+    concept_id: int | None = None
+    layer: int = 12
+    epochs: int = 4
+    batch_size: int = 12
+    n_train: int = 32
+    n_heldout: int | None = None
+    n_eval: int = 8
+    max_new_tokens: int = 32
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class HeatmapConfig(_SweepConfig):
     """Factor init (``beta``) x factor learning rate (``lr_alpha``), per optimizer.
 
     Every other training setting is the PrOSV preset (:meth:`TrainConfig.prosv`) at
@@ -109,22 +135,10 @@ class HeatmapConfig:
     """
 
     kind = "heatmap"
-    model: str = "smollm2-135m-instruct"
-    concept: str = "the ocean"
-    axbench: str | None = None
-    concept_id: int | None = None
-    layer: int = 12
     positions: str = "f2+l2"
     betas: tuple[float, ...] = (0.5, 2.0, 8.0)
     lr_alphas: tuple[float, ...] = (0.1, 1.0, 10.0)
     optimizers: tuple[str, ...] = ("adam", "sgd")
-    epochs: int = 4
-    batch_size: int = 12
-    n_train: int = 32
-    n_heldout: int | None = None
-    n_eval: int = 8
-    max_new_tokens: int = 32
-    seed: int = 0
 
     def __post_init__(self) -> None:
         _common_checks(self)
@@ -148,36 +162,17 @@ class HeatmapConfig:
             for opt in self.optimizers for b in self.betas for lr in self.lr_alphas
         ]  # fmt: skip
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HeatmapConfig":
-        return _from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class PositionSweepConfig:
+class PositionSweepConfig(_SweepConfig):
     """One vector per position spec, every other setting from one preset (``prosv``/``fssv``).
 
     Data and sizes as in :class:`HeatmapConfig`.
     """
 
     kind = "positions"
-    model: str = "smollm2-135m-instruct"
-    concept: str = "the ocean"
-    axbench: str | None = None
-    concept_id: int | None = None
-    layer: int = 12
     specs: tuple[str, ...] = ("all", "prompt", "f2+l2", "f4", "l4", "f4+l4", "f8+l8")
     preset: str = "prosv"
-    epochs: int = 4
-    batch_size: int = 12
-    n_train: int = 32
-    n_heldout: int | None = None
-    n_eval: int = 8
-    max_new_tokens: int = 32
-    seed: int = 0
 
     def __post_init__(self) -> None:
         _common_checks(self)
@@ -195,13 +190,6 @@ class PositionSweepConfig:
                         batch_size=self.batch_size, seed=self.seed), {"positions": spec})
             for spec in self.specs
         ]  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PositionSweepConfig":
-        return _from_dict(cls, data)
 
 
 SweepConfig = HeatmapConfig | PositionSweepConfig
