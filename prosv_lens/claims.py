@@ -363,12 +363,13 @@ def mechanism_lines(folder: Path) -> list[str]:
         return [f"no saved path patching: {COMMANDS[ATTENTION]}"]
     pp = PathPatchingResult.load(folder / "patching")
     share = pp.fraction_present("kl")
-    by_label = dict(zip(pp.labels, share, strict=True))
-    every = [lab for lab in pp.labels if "/h" not in lab and lab.count(",") > 0]
-    lines = [
-        f"{lab.split('/L')[0]} at every layer above L{pp.layer}: {by_label[lab]:.1%} of the effect (KL) present"
-        for lab in every
-    ]  # fmt: skip
+    lines = [  # the patches over several layers and all key/value heads
+        f"{mode}/{comp} at every layer above L{pp.layer}: {x:.1%} of the effect (KL) present"
+        for mode, comp, layers, heads, x in zip(
+            pp.modes, pp.components, pp.patch_layers, pp.patch_heads, share, strict=True
+        )
+        if len(layers) > 1 and heads is None
+    ]
     for heads, what in ((False, "single layers"), (True, "single key/value heads")):
         top = pp.ranking("restore", "kv", heads=heads)[:3]
         if top:
