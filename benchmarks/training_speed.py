@@ -1,7 +1,8 @@
 """Training throughput: the reference way vs prosv-lens's fast path, and K concepts in one pass.
 
     .venv/bin/python benchmarks/training_speed.py [--data ../shared/data/axbench-concept10/prod_2b_l10_v1]
-        [--model smollm2-135m-instruct] [--steps 12] [--k 8] [--k-examples 24]
+        [--model smollm2-135m-instruct] [--steps 12] [--k 8] [--k-examples 24] [--k-epochs 1]
+        [--device cpu] [--micro-rows N]
 
 Each measurement runs in its own subprocess (so peak memory is per mode), on the same data,
 settings (the paper's PrOSV preset, batch 12, responses cut to 128 tokens) and layer (40% depth):
@@ -12,6 +13,11 @@ settings (the paper's PrOSV preset, batch 12, responses cut to 128 tokens) and l
   at response positions (``path="fast"``);
 * ``K in one pass`` vs ``K single runs``: K concepts trained together vs one after another
   (fast path), total wall time including data encoding and caching.
+
+On a GPU (``--device cuda``) each mode first trains one warm-up step (CUDA start-up, kernel
+selection), untimed; the default ``micro_rows`` there is large, so the rows of all K concepts of a
+step run in one forward pass. ``--model`` also takes a checkpoint folder, e.g. one written by
+``benchmarks/random_checkpoint.py`` (same shapes, random weights: for timing only).
 
 Achieved GFLOP/s counts the weight matmuls of forward and activation-gradient backward
 (:func:`prosv_lens.training.fastpath.matmul_flops_per_token`) against the machine's fp32 matmul
@@ -38,14 +44,29 @@ DEFAULT_DATA = (
 )
 
 
-def _matmul_peak(n: int = 2048, reps: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def _matmul_peak(device: str, reps: int = 20) -> float:
+    n = 2048 if device == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     for _ in range(3):
         a @ b
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
+    _sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _sync(device: str) -> None:
+    if device != "cpu":
+        torch.cuda.synchronize()
+
+
+def _peak_memory_gb(device: str) -> float:
+    """Peak resident memory of this process (CPU), or peak GPU memory allocated (GPU)."""
+    if device != "cpu":
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def _response_fraction(model, data, max_response_tokens) -> float:  # noqa: ANN001
@@ -66,7 +87,7 @@ def _one(args: argparse.Namespace) -> dict:
     from prosv_lens.training import TrainConfig, train
     from prosv_lens.training.fastpath import matmul_flops_per_token
 
-    model = load_model(args.model, device="cpu")
+    model = load_model(args.model, device=args.device)
     layer = round(0.4 * model.n_layers)
     if args.mode in ("reference", "fast"):
         data = [load_axbench_concept(args.data, 0)]
@@ -74,16 +95,20 @@ def _one(args: argparse.Namespace) -> dict:
         cfg = TrainConfig.prosv(
             layer, epochs=epochs, batch_size=12, path="full" if args.mode == "reference" else "fast"
         )
-        t0 = time.perf_counter()
-        result = train(model, data, cfg, progress=False)
-        runs = [result]
+        groups = [data]
     else:
         ids = [m["concept_id"] for m in axbench_concepts(args.data)][: args.k]
         data = [load_axbench_concept(args.data, i).subset(range(args.k_examples)) for i in ids]
-        cfg = TrainConfig.prosv(layer, epochs=1, batch_size=12)
-        t0 = time.perf_counter()
+        cfg = TrainConfig.prosv(layer, epochs=args.k_epochs, batch_size=12)
         groups = [data] if args.mode == "k_together" else [[d] for d in data]
-        runs = [train(model, group, cfg, progress=False) for group in groups]
+    if args.device != "cpu":  # warm-up, untimed: CUDA start-up and kernel selection
+        warm = TrainConfig.prosv(layer, epochs=1, batch_size=12, path=cfg.path)
+        train(model, [data[0].subset(range(12))], warm, progress=False, micro_rows=args.micro_rows)
+        _sync(args.device)
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    runs = [train(model, g, cfg, progress=False, micro_rows=args.micro_rows) for g in groups]
+    _sync(args.device)
     seconds = time.perf_counter() - t0
     examples = sum(r.examples for r in runs)
     tokens = sum(r.tokens for r in runs)
@@ -100,7 +125,7 @@ def _one(args: argparse.Namespace) -> dict:
     return {
         "mode": args.mode, "seconds": seconds, "tokens": tokens, "examples": examples,
         "steps": sum(r.steps for r in runs), "gflops": flops_tok * tokens / seconds / 1e9,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "peak_rss_gb": _peak_memory_gb(args.device),
         "final_loss": [r.logs[n][-1]["loss"] for r in runs for n in r.logs],
     }  # fmt: skip
 
@@ -112,6 +137,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--k-examples", type=int, default=24)
+    ap.add_argument("--k-epochs", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--micro-rows", type=int, default=None, help="rows per forward pass")
     ap.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode:
@@ -119,18 +147,25 @@ def main() -> None:
         return
     if not Path(args.data, "train_data.parquet").exists():
         sys.exit(f"no AxBench data at {args.data}: pass --data DIR")
-    peak = _matmul_peak()
+    peak = _matmul_peak(args.device)
     results = {}
     for mode in ("reference", "fast", "k_together", "k_single"):
         cmd = [sys.executable, __file__, "--mode", mode, *sys.argv[1:]]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results[mode] = json.loads(out.strip().splitlines()[-1])
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"mode {mode} failed (exit {run.returncode}):\n{run.stderr[-4000:]}")
+        results[mode] = json.loads(run.stdout.strip().splitlines()[-1])
+        print(f"# {mode}: {json.dumps(results[mode])}", file=sys.stderr, flush=True)
     ref, fast = results["reference"], results["fast"]
-    print(
-        f"fp32 matmul peak on this machine: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)\n"
+    where = (
+        f"{torch.get_num_threads()} CPU threads"
+        if args.device == "cpu"
+        else torch.cuda.get_device_name()
     )
+    memory = "peak RSS" if args.device == "cpu" else "peak GPU memory"
+    print(f"fp32 matmul peak on this machine: {peak:.0f} GFLOP/s ({where})\n")
     print(
-        "| trainer | steps | wall time | examples/s | tokens/s | speed-up | GFLOP/s (% of peak) | peak RSS |"
+        f"| trainer | steps | wall time | examples/s | tokens/s | speed-up | GFLOP/s (% of peak) | {memory} |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, r in (("reference (full model, all logits)", ref), ("prosv-lens fast path", fast)):
@@ -141,11 +176,12 @@ def main() -> None:
         )
     together, single = results["k_together"], results["k_single"]
     print(
-        f"\n| {args.k} concepts x {args.k_examples} examples, 1 epoch | wall time | ratio | peak RSS |"
+        f"\n| {args.k} concepts x {args.k_examples} examples, {args.k_epochs} epoch(s) | wall time "
+        f"| speed-up | {memory} |"
     )
     print("|---|---|---|---|")
     print(
-        f"| one pass (all concepts in each batch) | {together['seconds']:.1f} s | {single['seconds'] / together['seconds']:.2f}x faster | {together['peak_rss_gb']:.2f} GB |"
+        f"| one pass (all concepts in each batch) | {together['seconds']:.1f} s | {single['seconds'] / together['seconds']:.2f}x | {together['peak_rss_gb']:.2f} GB |"
     )
     print(
         f"| {args.k} single-concept runs | {single['seconds']:.1f} s | 1.00x | {single['peak_rss_gb']:.2f} GB |"

@@ -5,12 +5,15 @@ import torch
 from _shared import fast_and_full_grads
 
 from prosv_lens.concepts import ConceptData
+from prosv_lens.directions import resid_post
 from prosv_lens.errors import PositionSpecError, TrainingDivergedError
 from prosv_lens.positions import PositionSpec
 from prosv_lens.prompts import encode_prompts
 from prosv_lens.training import TrainConfig, response_loss, train
+from prosv_lens.training.fastpath import build_residual_cache
 from prosv_lens.training.forward import gather_rows
 from prosv_lens.training.objectives import SequenceLogprobs, simpo_loss
+from prosv_lens.training.trainer import default_micro_rows
 
 
 def _concept(name, n=10, offset=0):
@@ -247,3 +250,25 @@ def test_micro_batches_give_the_same_vectors(tiny):
     for name in ("sea", "sky"):
         assert torch.allclose(whole[name].v, small[name].v, rtol=1e-4, atol=1e-5)
         assert torch.allclose(whole[name].alpha, small[name].alpha, rtol=1e-4, atol=1e-5)
+
+
+def test_residual_cache_skips_padding_but_keeps_every_real_token(tiny):
+    """Length-sorted chunks cut to their own width give each example's residual exactly as one
+    padded pass over the whole batch does; the cache lives on the model's device."""
+    prompts = ["Hi", "Write a long poem about the sea and the sky.", "Name three colours.", "Ok"]
+    responses = ["Yes.", "The sea is wide and the sky is high above it all.", "Red.", "Sure, fine."]
+    batch = encode_prompts(tiny, prompts, padding_side="right", responses=responses)
+    whole = resid_post(tiny, batch.input_ids, batch.attention_mask, 1)
+    cache = build_residual_cache(tiny, batch, 1, chunk=2)
+    assert cache.storage.device == tiny.device
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    assert len(set(lengths)) == len(lengths)  # the chunks really are cut to different widths
+    got = cache.padded(range(len(prompts)), batch.input_ids.shape[1], tiny.device)
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(got[i, :n], whole[i, :n], rtol=1e-5, atol=1e-5)
+        assert not got[i, n:].any()  # padding stays zero
+
+
+def test_default_micro_rows_fill_an_accelerator_but_not_a_cpu():
+    assert default_micro_rows(torch.device("cpu")) == 16
+    assert default_micro_rows(torch.device("cuda")) >= 8 * 12  # 8 concepts' batches of 12

@@ -42,7 +42,8 @@ class ResidualCache:
     Attributes:
         layer: the layer the residual was taken after.
         lengths: real-token count of each example (right-padded rows: the first ``n`` columns).
-        storage: a float32 tensor in memory or a view of a memory-mapped file.
+        storage: a float32 tensor in memory (on the model's device) or a view of a memory-mapped
+            file (always on the CPU).
         path: the backing file when memory-mapped, else ``None``.
         dtype: the model's dtype, which :meth:`padded` returns.
     """
@@ -68,7 +69,8 @@ class ResidualCache:
 
     def padded(self, indices: Sequence[int], width: int, device: torch.device) -> Resid:
         """The residuals of ``indices`` as a right-padded ``[len(indices), width, d_model]``."""
-        out = torch.zeros(len(indices), width, self.storage.shape[1], dtype=self.storage.dtype)
+        d, src = self.storage.shape[1], self.storage.device
+        out = torch.zeros(len(indices), width, d, dtype=self.storage.dtype, device=src)
         for row, i in enumerate(indices):
             n = self.lengths[i]
             out[row, :n] = self.storage[self.offsets[i] : self.offsets[i] + n]
@@ -80,25 +82,31 @@ def build_residual_cache(
     batch: TokenBatch,
     layer: int,
     *,
-    chunk: int = 8,
+    chunk: int | None = None,
     memory_budget_bytes: int = 2 << 30,
     spill_dir: str | Path | None = None,
     progress: bool = False,
 ) -> ResidualCache:
     """Run blocks ``0..layer`` once over a right-padded batch and keep ``resid_post[layer]``.
 
+    Sequences run longest first in chunks cut to their own longest length (right padding never
+    reaches a real token under causal attention, so this only skips padding).
+
     Args:
         model: the frozen model.
         batch: every training sequence, right-padded (``encode_prompts(..., responses=...)``).
         layer: the steering layer.
-        chunk: sequences per forward pass.
-        memory_budget_bytes: above this the cache is written to a memory-mapped file instead.
+        chunk: sequences per forward pass (default: 8 on a CPU, 64 on an accelerator).
+        memory_budget_bytes: up to this the cache stays in memory on the model's device (GPU
+            memory on a GPU: no host-to-device copy per step); above it, it is written to a
+            memory-mapped file on disk instead.
         spill_dir: folder for that file (default: the system temp folder).
         progress: show a tqdm bar.
     """
     if bool((batch.attention_mask[:, :-1] < batch.attention_mask[:, 1:]).any()):
         raise ValueError("build_residual_cache needs a right-padded batch (padding_side='right')")
     model.hook_name(layer)  # validates the layer before any work
+    chunk = chunk or (8 if model.device.type == "cpu" else 64)
     lengths = batch.attention_mask.sum(dim=1).tolist()
     total, d = sum(lengths), model.d_model
     keep = (
@@ -112,16 +120,19 @@ def build_residual_cache(
         np_dtype = np.float64 if keep == torch.float64 else np.float32
         storage = torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="w+", shape=(total, d)))
     else:
-        storage = torch.empty(total, d, dtype=keep)
-    cursor = 0
+        storage = torch.empty(total, d, dtype=keep, device=model.device)
+    cache = ResidualCache(layer, lengths, storage, path, model.dtype)
+    order = sorted(range(batch.batch_size), key=lambda i: -lengths[i])
     starts = range(0, batch.batch_size, chunk)
     for s in tqdm(starts, disable=not progress, desc=f"caching resid_post[{layer}]"):
-        rows = slice(s, s + chunk)
-        resid = resid_post(model, batch.input_ids[rows], batch.attention_mask[rows], layer)
-        for r, n in enumerate(lengths[rows]):
-            storage[cursor : cursor + n] = resid[r, :n].to(keep).cpu()
-            cursor += n
-    return ResidualCache(layer, lengths, storage, path, model.dtype)
+        rows = order[s : s + chunk]
+        width = lengths[rows[0]]
+        ids, mask = batch.input_ids[rows, :width], batch.attention_mask[rows, :width]
+        resid = resid_post(model, ids, mask, layer)
+        for r, i in enumerate(rows):
+            start = cache.offsets[i]
+            storage[start : start + lengths[i]] = resid[r, : lengths[i]].to(storage.device, keep)
+    return cache
 
 
 class UpperStack:

@@ -68,6 +68,13 @@ class _Concept:
     log: list[dict[str, float | int]] = field(default_factory=list)
 
 
+def default_micro_rows(device: torch.device) -> int:
+    """Rows per forward pass: 16 on a CPU (bounded memory: an 8-concept step in one pass needed
+    24 GB), 256 on an accelerator (one pass holds every row of several concepts' steps, which is
+    what keeps the device busy)."""
+    return 16 if device.type == "cpu" else 256
+
+
 def _seed(*parts: object) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:15], 16)
 
@@ -110,9 +117,10 @@ class _Runner:
         cfg: TrainConfig,
         cache_budget: int = 2 << 30,
         cache_dir: str | Path | None = None,
-        micro_rows: int = 16,
+        micro_rows: int | None = None,
     ) -> None:
-        self.model, self.cfg, self.micro_rows = model, cfg, micro_rows
+        self.model, self.cfg = model, cfg
+        self.micro_rows = micro_rows or default_micro_rows(model.device)
         model.hook_name(cfg.layer)  # layer out of range -> ValueError naming the valid range
         if not data:
             raise ValueError("no training data: pass at least one ConceptData")
@@ -307,7 +315,7 @@ def train(
     progress: bool = True,
     cache_budget_bytes: int = 2 << 30,
     cache_dir: str | Path | None = None,
-    micro_rows: int = 16,
+    micro_rows: int | None = None,
 ) -> TrainResult:
     """Train one steering vector per concept (all concepts in one pass).
 
@@ -323,6 +331,8 @@ def train(
         cache_dir: folder for those files (default: the system temp folder); deleted at the end.
         micro_rows: rows per forward pass (a step's rows of all concepts are run in length-sorted
             micro-batches with gradient accumulation; the result is the same up to rounding).
+            Default :func:`default_micro_rows`: small on a CPU, large on an accelerator, where
+            K concepts' rows in one pass are what keeps the device busy.
 
     Returns:
         A :class:`TrainResult`; each vector's ``info`` holds the settings and the per-step log.
