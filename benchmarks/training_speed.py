@@ -10,7 +10,8 @@ settings (the paper's PrOSV preset, batch 12, responses cut to 128 tokens) and l
 * ``reference``: random mini-batches padded to their longest example, the whole model run with
   the steering hook, logits and log-softmax at every position (``TrainConfig(path="full")``);
 * ``fast``: cached residual at L (its one-off cost included), blocks above L only, logits only
-  at response positions (``path="fast"``);
+  at response positions, each step's examples length-sorted into micro-batches of the trainer's
+  default ``micro_rows`` (``path="fast"``);
 * ``K in one pass`` vs ``K single runs``: K concepts trained together vs one after another
   (fast path), total wall time including data encoding and caching.
 
@@ -103,11 +104,13 @@ def _one(args: argparse.Namespace) -> dict:
         groups = [data] if args.mode == "k_together" else [[d] for d in data]
     if args.device != "cpu":  # warm-up, untimed: CUDA start-up and kernel selection
         warm = TrainConfig.prosv(layer, epochs=1, batch_size=12, path=cfg.path)
-        train(model, [data[0].subset(range(12))], warm, progress=False, micro_rows=args.micro_rows)
+        train(model, [data[0].subset(range(12))], warm, progress=False, micro_rows=12)
         _sync(args.device)
         torch.cuda.reset_peak_memory_stats()
+    # the reference runs each random mini-batch whole, padded to its longest example
+    rows = cfg.batch_size if args.mode == "reference" else args.micro_rows
     t0 = time.perf_counter()
-    runs = [train(model, g, cfg, progress=False, micro_rows=args.micro_rows) for g in groups]
+    runs = [train(model, g, cfg, progress=False, micro_rows=rows) for g in groups]
     _sync(args.device)
     seconds = time.perf_counter() - t0
     examples = sum(r.examples for r in runs)

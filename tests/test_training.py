@@ -270,5 +270,5 @@ def test_residual_cache_skips_padding_but_keeps_every_real_token(tiny):
 
 
 def test_default_micro_rows_fill_an_accelerator_but_not_a_cpu():
-    assert default_micro_rows(torch.device("cpu")) == 16
+    assert default_micro_rows(torch.device("cpu")) == 8
     assert default_micro_rows(torch.device("cuda")) >= 8 * 12  # 8 concepts' batches of 12
