@@ -397,6 +397,15 @@ def collect_claims(results_dir: str | Path) -> list[Claim]:
     ]  # fmt: skip
 
 
+def summary_table(claims: Sequence[Claim]) -> list[str]:
+    """The report's summary: one markdown table row per claim (number, title, verdict)."""
+    return [
+        "| # | claim | verdict |",
+        "|---|---|---|",
+        *(f"| {i} | {c.title} | {c.verdict} |" for i, c in enumerate(claims, 1)),
+    ]
+
+
 def render_report(claims: Sequence[Claim], mechanism: Sequence[str] = ()) -> str:
     """The markdown report: a summary table, one section per claim, the verdict rules."""
     out = [
@@ -409,9 +418,7 @@ def render_report(claims: Sequence[Claim], mechanism: Sequence[str] = ()) -> str
         "concept written by SmolLM2 itself, and an AxBench Concept10 concept), so the CIs are "
         "wide and a claim that does not reproduce here may still hold at the paper's scale.",
         "",
-        "| # | claim | verdict |",
-        "|---|---|---|",
-        *(f"| {i} | {c.title} | {c.verdict} |" for i, c in enumerate(claims, 1)),
+        *summary_table(claims),
         "",
     ]
     for i, c in enumerate(claims, 1):
