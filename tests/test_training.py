@@ -269,6 +269,12 @@ def test_residual_cache_skips_padding_but_keeps_every_real_token(tiny):
         assert not got[i, n:].any()  # padding stays zero
 
 
-def test_default_micro_rows_fill_an_accelerator_but_not_a_cpu():
-    assert default_micro_rows(torch.device("cpu")) == 8
-    assert default_micro_rows(torch.device("cuda")) >= 8 * 12  # 8 concepts' batches of 12
+def test_default_micro_rows_fill_an_accelerator_within_its_memory():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert default_micro_rows(cpu, vocab=49152, tokens_per_row=256) == 8
+    # SmolLM2 on an H200 (~139 GB free): every row of 8 concepts' batches of 12 in one pass
+    assert default_micro_rows(gpu, vocab=49152, tokens_per_row=256, free_bytes=139 << 30) >= 96
+    # Gemma-3's 262k vocabulary: rows shrink with the free memory, never below 8
+    mid = default_micro_rows(gpu, vocab=262144, tokens_per_row=256, free_bytes=80 << 30)
+    assert 8 < mid < 96 and mid * 256 * 262144 * 16 <= (80 << 30) // 4
+    assert default_micro_rows(gpu, vocab=262144, tokens_per_row=256, free_bytes=24 << 30) == 8

@@ -68,15 +68,24 @@ class _Concept:
     log: list[dict[str, float | int]] = field(default_factory=list)
 
 
-def default_micro_rows(device: torch.device) -> int:
-    """Rows per forward pass: 8 on a CPU, 256 on an accelerator.
+def default_micro_rows(
+    device: torch.device, *, vocab: int, tokens_per_row: int, free_bytes: int | None = None
+) -> int:
+    """Rows per forward pass: 8 on a CPU; on an accelerator as many as fit, from 8 to 256.
 
     On 2 CPU cores (SmolLM2, 8 AxBench concepts x 24 examples in one pass) 8 rows took 64.7 s,
-    12 rows 66.2 s and 16 rows 81.2 s: bigger passes only add memory traffic (the response
-    logits of 16 rows are ~350 MB). On a GPU one concept's batch leaves the device idle, so the
-    rows of all K concepts of a step go into one pass.
+    12 rows 66.2 s and 16 rows 81.2 s: bigger passes only add memory traffic. On a GPU one
+    concept's batch leaves the device idle, so the rows of all K concepts of a step should share a
+    pass, as far as memory allows: a row costs about four fp32 copies of its logits (logits,
+    log-softmax and their gradients, ``tokens_per_row * vocab * 16`` bytes), and the rows get a
+    quarter of the device's free memory (``free_bytes``; default: asked of the device).
     """
-    return 8 if device.type == "cpu" else 256
+    if device.type == "cpu":
+        return 8
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 8 << 30
+    per_row = max(1, tokens_per_row * vocab * 16)
+    return max(8, min(256, free_bytes // 4 // per_row))
 
 
 def _seed(*parts: object) -> int:
@@ -124,7 +133,6 @@ class _Runner:
         micro_rows: int | None = None,
     ) -> None:
         self.model, self.cfg = model, cfg
-        self.micro_rows = micro_rows or default_micro_rows(model.device)
         model.hook_name(cfg.layer)  # layer out of range -> ValueError naming the valid range
         if not data:
             raise ValueError("no training data: pass at least one ConceptData")
@@ -159,6 +167,11 @@ class _Runner:
                 )
                 for b in self.batches
             ]
+        self.micro_rows = micro_rows or default_micro_rows(  # after the caches took their memory
+            model.device,
+            vocab=model.bridge.cfg.d_vocab,
+            tokens_per_row=max(b.input_ids.shape[1] for b in self.batches),
+        )
         if cfg.objective == "simpo":
             self._reference_logprobs()
 
@@ -335,8 +348,9 @@ def train(
         cache_dir: folder for those files (default: the system temp folder); deleted at the end.
         micro_rows: rows per forward pass (a step's rows of all concepts are run in length-sorted
             micro-batches with gradient accumulation; the result is the same up to rounding).
-            Default :func:`default_micro_rows`: small on a CPU, large on an accelerator, where
-            K concepts' rows in one pass are what keeps the device busy.
+            Default :func:`default_micro_rows`: 8 on a CPU; on an accelerator as many rows as its
+            free memory allows (up to 256), since K concepts' rows in one pass are what keeps
+            the device busy.
 
     Returns:
         A :class:`TrainResult`; each vector's ``info`` holds the settings and the per-step log.
