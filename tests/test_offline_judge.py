@@ -152,6 +152,20 @@ def test_response_nll_is_padding_invariant(tiny):
     np.testing.assert_allclose(batched, alone, rtol=1e-4)
 
 
+def test_an_empty_answer_is_rated_not_crashed_on(tiny):
+    """A steered model may stop at once: the empty answer gets no NLL and fluency 0, and the
+    answers batched with it keep the NLL they have alone."""
+    judge = OfflineJudge(OfflineJudgeConfig(nll_thresholds=(3.0, 4.5)), reference=tiny)
+    items = [JudgeItem("Hi", r, "the ocean") for r in ("Hello there.", "", "Red.")]
+    ratings = judge.rate(items)
+    assert ratings[1].fluency == 0.0 and ratings[1].details["nll"] is None
+    nll = response_nll(tiny, ["Hi"] * 3, ["Hello there.", "", "Red."])
+    assert math.isnan(nll[1])
+    np.testing.assert_allclose(
+        nll[[0, 2]], response_nll(tiny, ["Hi"] * 2, ["Hello there.", "Red."])
+    )
+
+
 def test_fluency_scores_rank_corruptions_below_text_without_model(judge):
     rng = random.Random(0)
     junk = " ".join("".join(rng.choices("#$%&*+=<>|~^", k=5)) for _ in range(30))

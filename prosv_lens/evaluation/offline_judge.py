@@ -352,16 +352,22 @@ def response_nll(
     """Mean teacher-forced NLL (nats/token) of each response after its chat-formatted instruction.
 
     Right-padded batches, no gradient; the first ``max_response_tokens`` response tokens count.
-    Does not modify the model. Shape ``(n,)``.
+    An empty response (a steered model may stop at once) has no NLL: NaN, and its fluency is
+    rated by the text rules alone (an empty text rates 0). Does not modify the model. Shape ``(n,)``.
     """
     config = config or OfflineJudgeConfig()
-    out = np.empty(len(responses))
+    out = np.full(len(responses), np.nan)
+    scored = [
+        i
+        for i, r in enumerate(responses)
+        if model.tokenizer(r, add_special_tokens=False)["input_ids"]
+    ]
     step = config.nll_batch_size
-    for start in range(0, len(responses), step):
+    for start in range(0, len(scored), step):
+        rows = scored[start : start + step]
         batch = encode_prompts(
-            model, list(instructions[start : start + step]), padding_side="right",
-            responses=list(responses[start : start + step]),
-            max_response_tokens=config.max_response_tokens,
+            model, [instructions[i] for i in rows], padding_side="right",
+            responses=[responses[i] for i in rows], max_response_tokens=config.max_response_tokens,
         )  # fmt: skip
         ids, mask = batch.input_ids.to(model.device), batch.attention_mask.to(model.device)
         with torch.no_grad():
@@ -372,5 +378,5 @@ def response_nll(
         picked = logprobs.gather(2, ids[:, 1:, None]).squeeze(2)
         target = batch.response_mask[:, 1:].to(ids.device)
         nll = -(picked * target).sum(1) / target.sum(1)
-        out[start : start + len(nll)] = nll.cpu().numpy()
+        out[rows] = nll.cpu().numpy()
     return out
