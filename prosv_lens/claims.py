@@ -451,7 +451,9 @@ def render_report(claims: Sequence[Claim], mechanism: Sequence[str] = ()) -> str
     return "\n".join(out)
 
 
-def build_report(results_dir: str | Path = "results") -> str:
-    """:func:`render_report` of :func:`collect_claims` and :func:`mechanism_lines`."""
+def build_report(results_dir: str | Path = "results", claims: Sequence[Claim] | None = None) -> str:
+    """:func:`render_report` of :func:`collect_claims` (or the given ``claims``, already
+    collected from ``results_dir``) and :func:`mechanism_lines`."""
     root = Path(results_dir)
-    return render_report(collect_claims(root), mechanism_lines(root / ATTENTION))
+    claims = collect_claims(root) if claims is None else claims
+    return render_report(claims, mechanism_lines(root / ATTENTION))

@@ -115,18 +115,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from prosv_lens.claims import (
-        ATTENTION,
-        collect_claims,
-        mechanism_lines,
-        render_report,
-        summary_table,
-    )
+    from prosv_lens.claims import build_report, collect_claims, summary_table
 
     claims = collect_claims(args.results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(claims, mechanism_lines(Path(args.results) / ATTENTION)))
+    out.write_text(build_report(args.results, claims))
     _out("\n".join(summary_table(claims)) + f"\n\nwrote {out}")
     return 0
 
