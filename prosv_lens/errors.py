@@ -37,6 +37,38 @@ class JudgeError(ProsvError):
     """A judge cannot run: missing API key, unreachable endpoint, missing embedding model."""
 
 
+class ConfigError(ProsvError, ValueError):
+    """A settings object (a training config, ...) has a value out of its range."""
+
+
+class DtypeError(ProsvError, ValueError):
+    """A dtype is unknown, or cannot be used with this model for this purpose."""
+
+
 class ResultFileError(ProsvError):
     """A saved result (judged rows, an analysis result) is corrupt, of another kind, or from an
     unknown format version."""
+
+
+class MemoryBudgetError(ProsvError, ValueError):
+    """A memory budget is too small for the smallest unit of work (e.g. one token's logits)."""
+
+
+class ExperimentError(ProsvError):
+    """An experiment run cannot start or continue: bad sizes, an output folder that is not
+    writable or holds something else."""
+
+
+class UnknownSettingError(ExperimentError, KeyError):
+    """A setting name that is not in the experiments registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class RunMismatchError(ExperimentError):
+    """An output folder holds results of a run with other settings, data or code."""
+
+
+class DeviceFitError(ExperimentError):
+    """A planned run needs more memory than the device has."""

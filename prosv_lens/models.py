@@ -32,7 +32,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from prosv_lens.errors import ModelLoadError
+from prosv_lens.errors import DtypeError, ModelLoadError
 from prosv_lens.types import HookName
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,32 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "prosv_lens"
 
 
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
+                  "fp64": "float64", "double": "float64"}  # fmt: skip
+
+
+def parse_dtype(dtype: "str | torch.dtype") -> torch.dtype:
+    """A model dtype from a name (``float32``, ``bfloat16``/``bf16``, ``float16``/``fp16``,
+    ``float64``) or a ``torch.dtype``; anything else is a :class:`DtypeError`."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+    else:
+        name = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
+        if name in DTYPES:
+            return DTYPES[name]
+    raise DtypeError(
+        f"dtype {dtype!r} cannot be used for model weights: choose one of {', '.join(DTYPES)} "
+        "(bfloat16 is the usual choice on a GPU, float32 on a CPU)"
+    )
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` means CUDA when present, else CPU."""
     if device is None:
@@ -165,7 +191,7 @@ def load_model(
     *,
     cache_dir: str | Path | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: "str | torch.dtype" = torch.float32,
 ) -> LoadedModel:
     """Load a model by embedded name, local folder, ``"tiny"`` or Hugging Face id.
 
@@ -174,18 +200,21 @@ def load_model(
             a path to a Hugging Face checkpoint folder, or a hub id (needs the hub).
         cache_dir: where converted embedded models live (default :func:`default_cache_dir`).
         device: ``"cpu"``, ``"cuda"``, ...; ``None`` picks CUDA when present.
-        dtype: parameter dtype; fp32 is the tested choice (bf16 is slower on CPU).
+        dtype: weight dtype (a ``torch.dtype`` or a name, see :func:`parse_dtype`): float32 (the
+            default, fastest on a CPU), bfloat16 or float16 (the usual choice on a GPU: training
+            keeps ``alpha``, ``v`` and the optimizer state in float32 all the same), float64.
 
     Returns:
         A :class:`LoadedModel` in eval mode whose weights have ``requires_grad=False``.
 
     Raises:
         ModelLoadError: unknown name, missing package, or hub unreachable; the message says
-            what to install or which offline names exist.
+            what to install or which offline names exist. DtypeError: an unknown dtype.
     """
     device = resolve_device(device)
+    dtype = parse_dtype(dtype)
     if name == TINY_MODEL:
-        return make_tiny_model(device=device)
+        return make_tiny_model(device=device, dtype=dtype)
     if name in EMBEDDED_MODELS:
         folder = convert_embedded(name, cache_dir)
         return _boot_folder(folder, model_id=name, device=device, dtype=dtype)
@@ -317,7 +346,7 @@ def _convert_gguf_into(name: str, tmp: Path) -> None:
     (tmp / _COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))
 
 
-# --------------------------------------------------------------------------- tiny random model
+# --------------------------------------------------------------------------- tiny random models
 
 _TINY_SPECIALS = ("<|pad|>", "<|im_start|>", "<|im_end|>")
 _TINY_TEMPLATE = (
@@ -326,17 +355,34 @@ _TINY_TEMPLATE = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Gemma's chat template shape: a leading <bos>, no system role, the assistant is "model".
+_GEMMA_SPECIALS = ("<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>")
+_GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n' "
+    "+ m['content'] + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+TINY_ARCHS = ("llama", "qwen2", "gemma2", "gemma3")
 
 
-def _tiny_tokenizer() -> PreTrainedTokenizerBase:
+def _tiny_tokenizer(gemma: bool = False) -> PreTrainedTokenizerBase:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate([*_TINY_SPECIALS, *string.printable])}
+    specials = _GEMMA_SPECIALS if gemma else _TINY_SPECIALS
+    vocab = {tok: i for i, tok in enumerate([*specials, *string.printable])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=" "))
     core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     core.decoder = decoders.Fuse()
-    core.add_special_tokens(list(_TINY_SPECIALS))
+    core.add_special_tokens(list(specials))
+    if gemma:
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+        )
+        tok.chat_template = _GEMMA_TEMPLATE
+        return tok
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|pad|>"
     )
@@ -344,24 +390,13 @@ def _tiny_tokenizer() -> PreTrainedTokenizerBase:
     return tok
 
 
-def make_tiny_model(
-    *,
-    n_layers: int = 3,
-    d_model: int = 32,
-    n_heads: int = 4,
-    seed: int = 0,
-    device: str | torch.device | None = "cpu",
-) -> LoadedModel:
-    """A random-weight Llama (grouped-query attention, RoPE) with a character-level ChatML tokenizer.
+def _tiny_config(
+    arch: str, tokenizer: PreTrainedTokenizerBase, n_layers: int, d_model: int, n_heads: int
+) -> object:
+    """A Hugging Face config of architecture ``arch`` at toy size (random init, no download)."""
+    import transformers
 
-    For tests of mechanics only: it is built in well under a second, needs no download, and
-    exercises the same chat-template and padding code paths as SmolLM2. Same arguments give the
-    same weights.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = _tiny_tokenizer()
-    config = LlamaConfig(
+    common = dict(
         vocab_size=len(tokenizer),
         hidden_size=d_model,
         intermediate_size=2 * d_model,
@@ -375,12 +410,58 @@ def make_tiny_model(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        architectures=["LlamaForCausalLM"],
     )
+    if arch == "llama":
+        return transformers.LlamaConfig(**common, architectures=["LlamaForCausalLM"])
+    if arch == "qwen2":
+        return transformers.Qwen2Config(**common, architectures=["Qwen2ForCausalLM"])
+    gemma = dict(
+        common,
+        head_dim=d_model // n_heads,
+        sliding_window=8,
+        query_pre_attn_scalar=d_model // n_heads,
+    )
+    if arch == "gemma2":
+        # Small caps so both soft-caps act at these logit sizes (Gemma-2-2B: 50 and 30).
+        return transformers.Gemma2Config(
+            **gemma, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+            architectures=["Gemma2ForCausalLM"],
+        )  # fmt: skip
+    if arch == "gemma3":
+        return transformers.Gemma3TextConfig(
+            **gemma, final_logit_softcapping=3.0, architectures=["Gemma3ForCausalLM"]
+        )
+    raise ValueError(f"unknown tiny architecture {arch!r}: choose from {', '.join(TINY_ARCHS)}")
+
+
+def make_tiny_model(
+    *,
+    n_layers: int = 3,
+    d_model: int = 32,
+    n_heads: int = 4,
+    seed: int = 0,
+    arch: str = "llama",
+    device: str | torch.device | None = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> LoadedModel:
+    """A random-weight decoder (grouped-query attention, RoPE) with a character-level tokenizer.
+
+    For tests of mechanics only: built in well under a second, no download. ``arch`` picks the
+    Hugging Face architecture: ``llama`` (default) and ``qwen2`` with a ChatML chat template (as
+    SmolLM2), ``gemma2`` (attention and final-logit soft-caps, sliding window on alternate layers)
+    and ``gemma3`` with Gemma's template (leading ``<bos>``, no system role). Same arguments give
+    the same weights.
+    The tokenizer is the character-level one built here, not re-read from the checkpoint folder
+    (for ``qwen2`` that would wrap it in Qwen2's byte-level class, which drops whitespace).
+    """
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = _tiny_tokenizer(gemma=arch.startswith("gemma"))
+    config = _tiny_config(arch, tokenizer, n_layers, d_model, n_heads)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        hf = LlamaForCausalLM(config)
-    model_id = f"tiny-llama-{n_layers}x{d_model}-seed{seed}"
+        hf = AutoModelForCausalLM.from_config(config)
+    model_id = f"tiny-{arch}-{n_layers}x{d_model}-seed{seed}"
     # TransformerLens re-reads the tokenizer from its folder, so the checkpoint goes through disk.
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bars for a sub-second build
@@ -388,8 +469,9 @@ def make_tiny_model(
         with tempfile.TemporaryDirectory(prefix="prosv-tiny-") as folder:
             hf.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
-            bridge = TransformerBridge.boot_transformers(folder, device=resolve_device(device))
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+            bridge = TransformerBridge.boot_transformers(
+                folder, device=resolve_device(device), dtype=dtype
+            )
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()

@@ -13,7 +13,7 @@ from prosv_lens.training import TrainConfig, response_loss, train
 from prosv_lens.training.fastpath import build_residual_cache
 from prosv_lens.training.forward import gather_rows
 from prosv_lens.training.objectives import SequenceLogprobs, simpo_loss
-from prosv_lens.training.trainer import default_micro_rows
+from prosv_lens.training.trainer import default_micro_rows, step_bytes_per_token
 
 
 def _concept(name, n=10, offset=0):
@@ -269,12 +269,31 @@ def test_residual_cache_skips_padding_but_keeps_every_real_token(tiny):
         assert not got[i, n:].any()  # padding stays zero
 
 
-def test_default_micro_rows_fill_an_accelerator_within_its_memory():
+def test_default_micro_rows_fill_an_accelerator_within_its_memory(tiny):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert default_micro_rows(cpu, vocab=49152, tokens_per_row=256) == 8
-    # SmolLM2 on an H200 (~139 GB free): every row of 8 concepts' batches of 12 in one pass
-    assert default_micro_rows(gpu, vocab=49152, tokens_per_row=256, free_bytes=139 << 30) >= 96
-    # Gemma-3's 262k vocabulary: rows shrink with the free memory, never below 8
-    mid = default_micro_rows(gpu, vocab=262144, tokens_per_row=256, free_bytes=80 << 30)
-    assert 8 < mid < 96 and mid * 256 * 262144 * 16 <= (80 << 30) // 4
-    assert default_micro_rows(gpu, vocab=262144, tokens_per_row=256, free_bytes=24 << 30) == 8
+    assert default_micro_rows(cpu, tokens_per_row=256, bytes_per_token=1 << 20) == 8
+    # Estimates by step_bytes_per_token's rule (blocks x (12 d_model + 4 d_mlp + 3 heads x pos)).
+    # SmolLM2 fp32 at layer 12 (17 of 30 blocks of 576 / 1536 / 9 heads) on an H200 (~139 GB
+    # free), fast path with a 1 GiB logits budget: every row of 8 concepts' batches of 12 fits.
+    smol = 17 * (12 * 576 + 4 * 1536 + 3 * 9 * 256) * 4
+    rows = default_micro_rows(
+        gpu, tokens_per_row=256, bytes_per_token=smol, reserved_bytes=1 << 30, free_bytes=139 << 30
+    )
+    assert rows >= 96 and rows * 256 * smol + (1 << 30) <= (139 << 30) // 4
+    # Gemma-2-2B bf16 at layer 10 (15 of 26 blocks of 2304 / 9216 / 8 heads): rows shrink with the
+    # free memory, never below 8; the 256k vocabulary costs one logits chunk, not a row's worth.
+    gemma = 15 * (12 * 2304 + 4 * 9216 + 3 * 8 * 256) * 2
+    mid = default_micro_rows(
+        gpu, tokens_per_row=256, bytes_per_token=gemma, reserved_bytes=1 << 30, free_bytes=80 << 30
+    )
+    assert 8 < mid < 96 and mid * 256 * gemma + (1 << 30) <= (80 << 30) // 4
+    low = default_micro_rows(
+        gpu, tokens_per_row=256, bytes_per_token=gemma, reserved_bytes=1 << 30, free_bytes=16 << 30
+    )
+    assert low == 8
+    # The rule itself, on the tiny model: the full path adds fp32 logits per token, the fast path
+    # runs only the blocks above the layer.
+    fast = step_bytes_per_token(tiny, 1, path="fast", tokens_per_row=64)
+    full = step_bytes_per_token(tiny, 1, path="full", tokens_per_row=64)
+    assert fast == 1 * (12 * 32 + 4 * 64 + 3 * 4 * 64) * 4
+    assert full == 3 * (12 * 32 + 4 * 64 + 3 * 4 * 64) * 4 + 16 * tiny.bridge.cfg.d_vocab

@@ -55,7 +55,7 @@ from prosv_lens.evaluation.utility import (
     load_utility_items,
 )
 from prosv_lens.interventions import SteeringVector
-from prosv_lens.models import DEFAULT_MODEL, LoadedModel, load_model
+from prosv_lens.models import DEFAULT_MODEL, LoadedModel, load_model, parse_dtype
 from prosv_lens.training import TrainConfig, train
 from prosv_lens.vector_io import save_vector
 
@@ -69,6 +69,7 @@ class DemoConfig:
 
     Attributes:
         model: the model (default: the embedded SmolLM2-135M-Instruct).
+        dtype: its weight dtype (``float32``; ``bfloat16`` on a GPU: see :func:`load_model`).
         concept: a built-in concept name, or any concept (then built with the model and cached).
         layer: steered block (``None``: 40% of the depth, the paper's relative layer).
         epochs: training epochs for PrOSV and FSSV (default: the paper's 12).
@@ -84,6 +85,7 @@ class DemoConfig:
     """
 
     model: str = DEFAULT_MODEL
+    dtype: str = "float32"
     concept: str = "the ocean"
     layer: int | None = None
     epochs: int = 12
@@ -98,6 +100,7 @@ class DemoConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        parse_dtype(self.dtype)  # DtypeError naming the choices
         if self.judge not in ("offline", "llm"):
             raise ValueError(f"judge must be 'offline' or 'llm', got {self.judge!r}")
         if self.n_eval < 4 or self.epochs < 1 or self.n_kl_prompts < 1:
@@ -137,7 +140,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     st = _Stages(
         ["model", "data", "train", "baselines", "steering", "utility", "robustness", "report"]
     )
-    model = st.run("model", lambda: load_model(cfg.model))
+    model = st.run("model", lambda: load_model(cfg.model, dtype=cfg.dtype))
     judge = make_judge(cfg.judge, model)
     judge.check()  # before any work: a missing key or embedding model fails here
     layer = cfg.layer if cfg.layer is not None else round(0.4 * model.n_layers)

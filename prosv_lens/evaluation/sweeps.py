@@ -42,7 +42,7 @@ from prosv_lens.evaluation.steering_eval import (
     tasks_from,
 )
 from prosv_lens.interventions import SteeringVector
-from prosv_lens.models import LoadedModel
+from prosv_lens.models import DTYPES, LoadedModel
 from prosv_lens.positions import PositionSpec
 from prosv_lens.training import TrainConfig, response_loss, train
 from prosv_lens.training.config import OPTIMIZERS
@@ -67,6 +67,7 @@ def _common_checks(cfg: Any) -> None:
         f"layer must be an int >= 0, got {cfg.layer!r}",
     )
     _check(cfg.epochs >= 1 and cfg.batch_size >= 1, "epochs and batch_size must be >= 1")
+    _check(cfg.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     _check(cfg.n_train >= 1, f"n_train must be >= 1, got {cfg.n_train}")
     _check(
         cfg.n_heldout is None or cfg.n_heldout >= 1,
@@ -101,6 +102,7 @@ class _SweepConfig:
 
     kind = ""
     model: str = "smollm2-135m-instruct"
+    dtype: str = "float32"
     concept: str = "the ocean"
     axbench: str | None = None
     concept_id: int | None = None

@@ -13,12 +13,14 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from prosv_lens.errors import ConfigError
 from prosv_lens.positions import PositionSpec
 from prosv_lens.training.objectives import OBJECTIVES
 
 VARIANTS = ("joint", "unit", "fixed_alpha")
 OPTIMIZERS = ("adam", "sgd")
 PATHS = ("fast", "full")
+PARAM_DTYPES = ("float32", "model")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,21 @@ class TrainConfig:
         seed: seeds initialisation and data order (per concept, by concept name).
         max_response_tokens: responses are truncated to this many tokens (AxBench: 128).
         path: ``fast`` (cached residual, blocks above L) or ``full`` (reference: whole model).
+        param_dtype: ``float32`` (default): ``alpha``, ``v`` and the optimizer state are fp32
+            master copies whatever the model's dtype, and the edit ``alpha * v`` is cast to the
+            model's dtype where it is added; ``model``: the authors' numerics, ``alpha`` and ``v``
+            are parameters in the model's dtype (bf16 for a bf16 model) and so is Adam's state.
+        tf32: allow TF32 matmuls on CUDA while training (off: full fp32 matmuls for fp32 models).
+        logits_budget_mb: ceiling (MiB) on the response logits' working set of the fast path:
+            the unembedding and log-softmax run over chunks of tokens this big (forward and
+            backward), not over all response tokens x vocabulary at once. Memory only: every
+            budget gives the same loss and gradients up to float rounding.
+        pad_multiple: pad each micro-batch's width up to a multiple of this (right padding that
+            no real token sees), so shapes repeat across steps for kernel caches and compiled
+            graphs; ``None``: 64 on an accelerator, 1 (no extra padding) on a CPU.
+        compile: ``torch.compile`` backend for each block above L of the fast path
+            (``"inductor"`` on a GPU; ``"aot_eager"`` traces without generating code); ``None``
+            (default): eager. One compile serves every block of the same shape.
     """
 
     layer: int
@@ -57,6 +74,11 @@ class TrainConfig:
     seed: int = 42
     max_response_tokens: int | None = 128
     path: str = "fast"
+    param_dtype: str = "float32"
+    tf32: bool = False
+    logits_budget_mb: int = 1024
+    pad_multiple: int | None = None
+    compile: str | None = None
 
     def __post_init__(self) -> None:
         PositionSpec.parse(self.positions)  # raises PositionSpecError on a bad spec
@@ -66,14 +88,21 @@ class TrainConfig:
             (self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
             (self.path in PATHS, f"path must be one of {PATHS}, got {self.path!r}"),
+            (self.param_dtype in PARAM_DTYPES, f"param_dtype must be one of {PARAM_DTYPES}, got {self.param_dtype!r}"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (all(math.isfinite(x) and x > 0 for x in (self.beta, self.c, self.lr_v, self.lr_alpha)),
              "beta, c, lr_v and lr_alpha must be finite and > 0"),
             (self.clip_v is None or self.clip_v > 0, f"clip_v must be > 0 or None, got {self.clip_v}"),
+            (isinstance(self.logits_budget_mb, int) and self.logits_budget_mb > 0,
+             f"logits_budget_mb must be an int > 0, got {self.logits_budget_mb!r}"),
+            (self.pad_multiple is None or (isinstance(self.pad_multiple, int) and self.pad_multiple >= 1),
+             f"pad_multiple must be an int >= 1 or None, got {self.pad_multiple!r}"),
+            (self.compile is None or self.path == "fast",
+             "compile applies to the fast path's upper blocks: use path='fast' or compile=None"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"bad TrainConfig: {message}")
+                raise ConfigError(f"bad TrainConfig: {message}")
 
     @classmethod
     def prosv(cls, layer: int, **overrides: Any) -> "TrainConfig":

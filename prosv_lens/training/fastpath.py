@@ -11,7 +11,8 @@ block ``L`` changes while the vector trains. Hence, exactly:
    calling the model's own decoder with its layer list temporarily cut to ``[L+1:]`` (rotary
    positions come from ``position_ids``, masks from ``attention_mask``; Gemma-3's per-layer
    sliding/full types are cut along).
-3. **Logits only where the loss needs them**: the unembedding runs on response positions only.
+3. **Logits only where the loss needs them, in bounded memory**: the unembedding runs on response
+   positions only, a chunk of tokens at a time (:mod:`prosv_lens.training.bounded_ce`).
 
 No gradient is built for any weight (all have ``requires_grad=False``); autograd reaches only
 ``alpha`` and ``v``. ``tests/test_training.py`` proves loss and gradients equal the plain
@@ -26,12 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from jaxtyping import Float, Int
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prosv_lens.directions import resid_post
 from prosv_lens.models import LoadedModel
 from prosv_lens.prompts import TokenBatch
+from prosv_lens.training.bounded_ce import token_logprobs
 from prosv_lens.types import AttentionMask, Resid, Tokens
 
 
@@ -142,27 +145,49 @@ class UpperStack:
     ``layer`` and the decoder's layer list temporarily cut to ``[layer+1:]`` (restored on exit,
     also on error). Requires a decoder whose ``inputs_embeds`` enter the first layer unchanged
     (Llama, Gemma-3: Gemma's embedding scale lives inside its embedding module).
+
+    The unembedding is applied by :meth:`token_logprobs` from ``weight`` (``[d_vocab, d_model]``,
+    the LM head's own tensor, shared with the embedding when tied), ``bias`` (``None`` unless the
+    head has a non-zero one) and ``softcap`` (Gemma's ``final_logit_softcapping`` or ``None``).
+    The ``unembed`` hook points of the bridge are not run (nothing hooks them while training).
+
+    With ``compile`` (a ``torch.compile`` backend) each block above ``layer`` runs through its
+    own compiled wrapper (regional compilation: one traced graph of the block class serves every
+    block; fixed shapes, so pad widths to a multiple); the model's own modules are untouched, so
+    generation and analysis keep running eagerly.
     """
 
-    def __init__(self, model: LoadedModel, layer: int) -> None:
+    def __init__(self, model: LoadedModel, layer: int, *, compile: str | None = None) -> None:
         model.hook_name(layer)  # validates the layer
         hf = model.bridge.original_model
         self.decoder = hf.get_decoder()
-        self.head = hf.get_output_embeddings()
-        self.softcap = getattr(hf.config, "final_logit_softcapping", None)
+        # TransformerLens wraps the LM head (``original_component``) and gives a head without a
+        # bias a zero buffer: kept only when it is non-zero (then it is the model's real bias).
+        head = hf.get_output_embeddings()
+        inner = getattr(head, "original_component", None)
+        head = head if inner is None else inner
+        bias = getattr(head, "bias", None)
+        self.weight: torch.Tensor = head.weight
+        self.bias = bias if bias is not None and bool(bias.any()) else None
+        cap = getattr(hf.config, "final_logit_softcapping", None)
+        self.softcap = float(cap) if cap else None
         self.layer = layer
         if not isinstance(getattr(self.decoder, "layers", None), nn.ModuleList):
             raise NotImplementedError(
                 f"{model.model_id}: the fast path needs a decoder with a `layers` ModuleList; "
                 "train with path='full' instead"
             )
+        upper = list(self.decoder.layers)[layer + 1 :]
+        if compile is not None:
+            upper = [torch.compile(block, backend=compile, dynamic=False) for block in upper]
+        self.blocks = nn.ModuleList(upper)
 
     def hidden(self, resid: Resid, attention_mask: AttentionMask, position_ids: Tokens) -> Resid:
         """Final-normed hidden states from the residual after block ``layer``."""
         layers = self.decoder.layers
         config = self.decoder.config
         layer_types = getattr(config, "layer_types", None)
-        self.decoder.layers = nn.ModuleList(list(layers)[self.layer + 1 :])
+        self.decoder.layers = self.blocks
         if isinstance(layer_types, list) and len(layer_types) == len(layers):
             config.layer_types = layer_types[self.layer + 1 :]
         try:
@@ -178,12 +203,19 @@ class UpperStack:
                 config.layer_types = layer_types
         return out.last_hidden_state
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Unembed ``[..., d_model]`` hidden states (with final soft-capping if the model has it)."""
-        logits = self.head(hidden)
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+    def token_logprobs(
+        self,
+        hidden: Float[Tensor, "token d_model"],
+        targets: Int[Tensor, " token"],
+        budget_bytes: int,
+    ) -> Float[Tensor, " token"]:
+        """Log-probabilities of ``targets`` from final-normed hidden states: unembedding, final
+        soft-cap if the model has one and log-softmax, in chunks whose logits working set stays
+        within ``budget_bytes`` (:func:`~prosv_lens.training.bounded_ce.token_logprobs`)."""
+        return token_logprobs(
+            hidden, self.weight, targets, bias=self.bias, softcap=self.softcap,
+            budget_bytes=budget_bytes,
+        )  # fmt: skip
 
 
 def matmul_flops_per_token(model: LoadedModel, layers: int, unembed: bool) -> float:

@@ -6,7 +6,8 @@ row's steered columns. Both paths apply the identical edit and return
 :class:`~prosv_lens.training.objectives.SequenceLogprobs`:
 
 * :func:`logprobs_fast` — cached residual at L, blocks above L only, logits only at response
-  positions (:mod:`prosv_lens.training.fastpath`);
+  positions and in bounded memory (:mod:`prosv_lens.training.fastpath`,
+  :mod:`prosv_lens.training.bounded_ce`);
 * :func:`logprobs_full` — the way reference implementations train: the whole model with a hook
   on ``blocks.{L}.hook_resid_post``, logits and log-softmax at every position.
 """
@@ -51,11 +52,17 @@ class RowBatch:
 
 
 def gather_rows(
-    batches: Sequence[TokenBatch], masks: Sequence[Tensor], sources: Sequence[tuple[int, int]]
+    batches: Sequence[TokenBatch],
+    masks: Sequence[Tensor],
+    sources: Sequence[tuple[int, int]],
+    *,
+    pad_multiple: int = 1,
 ) -> RowBatch:  # masks: Bool[batch_k, pos_k] per dataset (shapes differ across datasets)
-    """Rows ``sources`` (``(dataset, example)`` pairs) of right-padded batches, re-padded."""
+    """Rows ``sources`` (``(dataset, example)`` pairs) of right-padded batches, re-padded to the
+    longest row rounded up to a multiple of ``pad_multiple`` (padding no real token attends to:
+    it only makes widths repeat across steps)."""
     lengths = [int(batches[k].attention_mask[i].sum()) for k, i in sources]
-    width = max(lengths)
+    width = -(-max(lengths) // pad_multiple) * pad_multiple
     rows = len(sources)
     ids = torch.zeros(rows, width, dtype=torch.long)
     attn = torch.zeros(rows, width, dtype=torch.long)
@@ -89,8 +96,15 @@ def logprobs_fast(
     caches: Sequence[ResidualCache],
     rows: RowBatch,
     deltas: Deltas,
+    *,
+    logits_budget_bytes: int = 1 << 30,
 ) -> SequenceLogprobs:
-    """Fast path: cached residuals, blocks above L, unembedding at response positions only."""
+    """Fast path: cached residuals, blocks above L, unembedding at response positions only.
+
+    The response tokens' logits are never all materialised: they are computed, soft-capped and
+    log-softmaxed in chunks of at most ``logits_budget_bytes`` (forward and backward; see
+    :mod:`prosv_lens.training.bounded_ce`), so memory no longer grows with tokens x vocabulary.
+    """
     device = deltas.device
     width = rows.input_ids.shape[1]
     dtype = caches[rows.sources[0][0]].dtype
@@ -103,9 +117,9 @@ def logprobs_fast(
     resid = add_at_positions(resid, rows.steer_mask.to(device), deltas)
     hidden = upper.hidden(resid, rows.attention_mask.to(device), rows.position_ids.to(device))
     sel, targets, row_ids = _targets(rows)
-    logits = upper.logits(hidden[:, :-1][sel.to(device)])
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    picked = logprobs.gather(1, targets.to(device)[:, None]).squeeze(1)
+    picked = upper.token_logprobs(
+        hidden[:, :-1][sel.to(device)], targets.to(device), logits_budget_bytes
+    )
     return _reduce(picked, row_ids, sel)
 
 

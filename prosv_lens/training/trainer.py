@@ -18,7 +18,8 @@ step, the concept and the settings.
 import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prosv_lens.concepts import ConceptData
-from prosv_lens.errors import PositionSpecError, TrainingDivergedError
+from prosv_lens.errors import DtypeError, PositionSpecError, TrainingDivergedError
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import LoadedModel
 from prosv_lens.positions import PositionSpec
@@ -69,23 +70,76 @@ class _Concept:
 
 
 def default_micro_rows(
-    device: torch.device, *, vocab: int, tokens_per_row: int, free_bytes: int | None = None
+    device: torch.device,
+    *,
+    tokens_per_row: int,
+    bytes_per_token: int,
+    reserved_bytes: int = 0,
+    free_bytes: int | None = None,
 ) -> int:
     """Rows per forward pass: 8 on a CPU; on an accelerator as many as fit, from 8 to 256.
 
     On 2 CPU cores (SmolLM2, 8 AxBench concepts x 24 examples in one pass) 8 rows took 64.7 s,
     12 rows 66.2 s and 16 rows 81.2 s: bigger passes only add memory traffic. On a GPU one
     concept's batch leaves the device idle, so the rows of all K concepts of a step should share a
-    pass, as far as memory allows: a row costs about four fp32 copies of its logits (logits,
-    log-softmax and their gradients, ``tokens_per_row * vocab * 16`` bytes), and the rows get a
-    quarter of the device's free memory (``free_bytes``; default: asked of the device).
+    pass, as far as memory allows: a row costs ``tokens_per_row * bytes_per_token`` bytes
+    (:func:`step_bytes_per_token`), and the rows get a quarter of the device's free memory
+    (``free_bytes``; default: asked of the device) less ``reserved_bytes`` (the fast path's one
+    chunk of logits, which does not grow with the rows).
     """
     if device.type == "cpu":
         return 8
     if free_bytes is None:
         free_bytes = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 8 << 30
-    per_row = max(1, tokens_per_row * vocab * 16)
-    return max(8, min(256, free_bytes // 4 // per_row))
+    per_row = max(1, tokens_per_row * bytes_per_token)
+    return max(8, min(256, (free_bytes // 4 - reserved_bytes) // per_row))
+
+
+def step_bytes_per_token(model: LoadedModel, layer: int, *, path: str, tokens_per_row: int) -> int:
+    """Estimated bytes one token of a row keeps alive for the backward of a training step.
+
+    Per block run (those above ``layer`` on the fast path, all on the full path): 12 tensors of
+    width ``d_model`` and 4 of width ``d_mlp`` (norm inputs and outputs, q, k, v, attention
+    output; gate, up, activation, product) and 3 rows of ``tokens_per_row`` attention scores per
+    head (eager soft-capped attention keeps scores, tanh and probabilities), in the model's
+    dtype. On tiny Llama, Qwen2, Gemma-2 and Gemma-3 this is 1.5-2.5x what autograd really saves
+    (``tests/test_bounded_ce.py``), on purpose. The full path also keeps four fp32 copies of its
+    logits at every position (logits, log-softmax and their gradients); the fast path's logits
+    are computed in chunks of bounded size (:mod:`prosv_lens.training.bounded_ce`), not per row.
+    """
+    cfg = model.bridge.cfg
+    blocks = cfg.n_layers - (layer + 1 if path == "fast" else 0)
+    per_block = 12 * cfg.d_model + 4 * cfg.d_mlp + 3 * cfg.n_heads * tokens_per_row
+    logits = 16 * cfg.d_vocab if path == "full" else 0
+    return blocks * per_block * model.dtype.itemsize + logits
+
+
+def check_training_dtype(model: LoadedModel) -> None:
+    """Refuse a model dtype this trainer cannot train correctly, before any work.
+
+    Float64 Gemma-2/Gemma-3 checkpoints give a NaN loss: their eager attention runs the softmax
+    in float32, so a padded query row whose keys are all masked (right padding beyond a sliding
+    window) turns float64's mask value into -inf, its probabilities into NaN, and the NaN reaches
+    real tokens through ``0 * NaN`` in the next layer. Float64 Llama-family models train exactly.
+    """
+    model_type = getattr(model.bridge.original_model.config, "model_type", "")
+    if model.dtype == torch.float64 and str(model_type).startswith("gemma"):
+        raise DtypeError(
+            f"{model.model_id} ({model_type}) cannot be trained in float64: its attention "
+            "softmax runs in float32 and padded rows turn into NaN. Load it in float32 (exact "
+            "reference) or bfloat16."
+        )
+
+
+@contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """Allow (or forbid) TF32 matmuls and convolutions on CUDA inside the block; restored on exit."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def _seed(*parts: object) -> int:
@@ -134,6 +188,7 @@ class _Runner:
     ) -> None:
         self.model, self.cfg = model, cfg
         model.hook_name(cfg.layer)  # layer out of range -> ValueError naming the valid range
+        check_training_dtype(model)
         if not data:
             raise ValueError("no training data: pass at least one ConceptData")
         names = [d.name for d in data]
@@ -152,12 +207,16 @@ class _Runner:
             n = len(d.prompts)
             per_epoch = math.ceil(n / cfg.batch_size)
             alpha, v = _init_params(cfg, d.name, model.d_model)
-            alpha.data, v.data = alpha.data.to(model.device), v.data.to(model.device)
+            dtype = model.dtype if cfg.param_dtype == "model" else torch.float32
+            alpha.data, v.data = (t.data.to(model.device, dtype) for t in (alpha, v))
             opt, sched = _optimizer(cfg, alpha, v, per_epoch * cfg.epochs)
             self.concepts.append(
                 _Concept(d, sources, alpha, v, opt, sched, per_epoch, per_epoch * cfg.epochs)
             )
-        self.upper = UpperStack(model, cfg.layer) if cfg.path == "fast" else None
+        self.upper = (
+            UpperStack(model, cfg.layer, compile=cfg.compile) if cfg.path == "fast" else None
+        )
+        self.pad_multiple = cfg.pad_multiple or (1 if model.device.type == "cpu" else 64)
         self.caches: list[ResidualCache] = []
         if self.upper is not None:
             budget = cache_budget // max(1, len(self.batches))
@@ -167,10 +226,14 @@ class _Runner:
                 )
                 for b in self.batches
             ]
+        width = max(b.input_ids.shape[1] for b in self.batches)
         self.micro_rows = micro_rows or default_micro_rows(  # after the caches took their memory
             model.device,
-            vocab=model.bridge.cfg.d_vocab,
-            tokens_per_row=max(b.input_ids.shape[1] for b in self.batches),
+            tokens_per_row=width,
+            bytes_per_token=step_bytes_per_token(
+                model, cfg.layer, path=cfg.path, tokens_per_row=width
+            ),
+            reserved_bytes=cfg.logits_budget_mb << 20 if cfg.path == "fast" else 0,
         )
         if cfg.objective == "simpo":
             self._reference_logprobs()
@@ -205,9 +268,12 @@ class _Runner:
         return len(self.batches) - 1
 
     def logprobs(self, sources: list[tuple[int, int]], deltas: torch.Tensor) -> SequenceLogprobs:
-        rows = gather_rows(self.batches, self.masks, sources)
+        rows = gather_rows(self.batches, self.masks, sources, pad_multiple=self.pad_multiple)
         if self.upper is not None:
-            return logprobs_fast(self.upper, self.caches, rows, deltas)
+            return logprobs_fast(
+                self.upper, self.caches, rows, deltas,
+                logits_budget_bytes=self.cfg.logits_budget_mb << 20,
+            )  # fmt: skip
         return logprobs_full(self.model, self.cfg.layer, rows, deltas)
 
     def _reference_logprobs(self) -> None:
@@ -361,12 +427,13 @@ def train(
     """
     data = [data] if isinstance(data, ConceptData) else list(data)
     t0 = time.perf_counter()
-    runner = _Runner(model, data, cfg, cache_budget_bytes, cache_dir, micro_rows)
-    try:
-        return _run(runner, t0, checkpoint_dir, checkpoint_every, callbacks, progress)
-    finally:
-        for cache in runner.caches:
-            cache.close()
+    with tf32_matmuls(cfg.tf32):
+        runner = _Runner(model, data, cfg, cache_budget_bytes, cache_dir, micro_rows)
+        try:
+            return _run(runner, t0, checkpoint_dir, checkpoint_every, callbacks, progress)
+        finally:
+            for cache in runner.caches:
+                cache.close()
 
 
 def _run(
