@@ -297,3 +297,24 @@ def test_default_micro_rows_fill_an_accelerator_within_its_memory(tiny):
     full = step_bytes_per_token(tiny, 1, path="full", tokens_per_row=64)
     assert fast == 1 * (12 * 32 + 4 * 64 + 3 * 4 * 64) * 4
     assert full == 3 * (12 * 32 + 4 * 64 + 3 * 4 * 64) * 4 + 16 * tiny.bridge.cfg.d_vocab
+
+
+def test_resume_ignores_speed_only_settings_but_not_numerics(tiny, tmp_path):
+    cfg = TrainConfig.prosv(1, epochs=2, batch_size=4)
+    straight = train(tiny, SEA, cfg, progress=False)
+    stop = []
+
+    def kill_at_step_2(step, rows):
+        if step == 2:
+            stop.append(step)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny, SEA, cfg, checkpoint_dir=tmp_path, checkpoint_every=1,
+              callbacks=[kill_at_step_2], progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="other settings"):  # the authors' bf16-parameter mode
+        train(tiny, SEA, cfg.replace(param_dtype="model"), checkpoint_dir=tmp_path, progress=False)
+    resumed = train(tiny, SEA, cfg.replace(logits_budget_mb=1, pad_multiple=8),
+                    checkpoint_dir=tmp_path, progress=False)  # fmt: skip
+    assert stop == [2] and resumed.steps == straight.steps - 3
+    assert torch.allclose(resumed.vectors["sea"].v, straight.vectors["sea"].v, atol=1e-6)

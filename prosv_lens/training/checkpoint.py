@@ -30,6 +30,15 @@ def state_dict(cfg: TrainConfig, concepts: Sequence[Any], step: int) -> dict[str
     }  # fmt: skip
 
 
+# Settings that change memory use or speed, not what is computed (up to float rounding): a run
+# may resume under other values, and a checkpoint written before they existed still resumes.
+_SPEED_ONLY = ("logits_budget_mb", "pad_multiple", "compile")
+
+
+def _results_settings(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.to_dict().items() if k not in _SPEED_ONLY}
+
+
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
     """Write ``checkpoint.pt`` atomically (temporary file, then rename)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,9 +54,8 @@ def resume(folder: Path, cfg: TrainConfig, concepts: Sequence[Any]) -> int:
     if not path.exists():
         return 0
     state = torch.load(path, weights_only=False)
-    if state["config"] != cfg.to_dict() or set(state["concepts"]) != {
-        c.data.name for c in concepts
-    }:
+    saved = _results_settings(TrainConfig.from_dict(state["config"]))
+    if saved != _results_settings(cfg) or set(state["concepts"]) != {c.data.name for c in concepts}:
         raise ValueError(
             f"{path} was written by a run with other settings or concepts; use another "
             "checkpoint_dir or delete it to start afresh"
