@@ -12,6 +12,19 @@ offset, so steering hooks know which absolute columns they see:
 
 ``use_cache=False`` re-runs the full sequence each step with the same hooks; the two modes give
 the same logits (:func:`check_cache_equivalence` measures it for any vector and spec).
+
+Two backends (``GenerationConfig.backend``), same position semantics:
+
+* ``"bridge"`` (default, the reference): the loop above, through the TransformerLens bridge. Any
+  TransformerLens hooks the caller attached run too; it is what every equivalence test checks.
+* ``"hf"``: the Hugging Face model's own ``generate`` and KV cache on the plain Hugging Face
+  modules under the bridge (same weights, no TransformerLens wrappers), steering added by a forward
+  hook on the decoder layer whose output is ``hook_resid_post`` (:mod:`prosv_lens.hf_generation`).
+  Greedy tokens are the bridge's and logits agree to float rounding (1e-4 in fp32 tests). Use it
+  to generate many answers, above all on a GPU; TransformerLens hooks attached by the caller do not
+  run, seeded sampling draws different (but reproducible) samples than the bridge, and
+  ``progress`` is ignored.
+* ``"auto"``: ``hf`` on CUDA, ``bridge`` elsewhere.
 """
 
 from collections.abc import Sequence
@@ -24,6 +37,8 @@ from prosv_lens.interventions import AbstractIntervention, DecodeState, steering
 from prosv_lens.models import LoadedModel
 from prosv_lens.prompts import Prompt, TokenBatch, encode_prompts
 from prosv_lens.types import NextLogits, StepLogits, Tokens
+
+BACKENDS = ("bridge", "hf", "auto")
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,9 @@ class GenerationConfig:
         seed: seeds the sampler's own generator (global RNG untouched); ``None`` = unseeded.
         stop_at_eos: stop a row at end-of-sequence / end-of-turn tokens.
         use_cache: use the KV cache (``False`` re-runs the whole sequence each step).
-        progress: show a tqdm bar over decoding steps.
+        progress: show a tqdm bar over decoding steps (bridge backend only).
+        backend: ``"bridge"`` (the reference loop), ``"hf"`` (Hugging Face ``generate``) or
+            ``"auto"`` (``hf`` on CUDA, else ``bridge``); see the module docstring.
     """
 
     max_new_tokens: int = 64
@@ -49,8 +66,11 @@ class GenerationConfig:
     stop_at_eos: bool = True
     use_cache: bool = True
     progress: bool = False
+    backend: str = "bridge"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature <= 0:
@@ -111,7 +131,7 @@ def generate(
         model: the model.
         prompts: a :class:`TokenBatch`, or prompts to encode (left padding, chat template).
         interventions: steering vectors to apply (none = the unsteered model).
-        config: decoding settings (default greedy, 64 new tokens, KV cache on).
+        config: decoding settings (default greedy, 64 new tokens, KV cache on, bridge backend).
         record_logits: keep each step's next-token logits (for equivalence checks and analysis).
 
     Returns:
@@ -120,6 +140,14 @@ def generate(
     cfg = config or GenerationConfig()
     batch = prompts if isinstance(prompts, TokenBatch) else encode_prompts(model, prompts)
     batch = batch.to(model.device)
+    if resolve_backend(cfg.backend, model.device) == "hf":
+        # Same pipeline layer; imported here because hf_generation imports this module.
+        from prosv_lens.hf_generation import generate_hf
+
+        tokens, lengths, step_logits = generate_hf(
+            model, batch, interventions, cfg, record_logits=record_logits
+        )
+        return _generation(model, batch, tokens, lengths, step_logits)
     rows, n_prompt = batch.batch_size, batch.n_pos
     stops = torch.tensor(model.stop_token_ids, device=model.device)
     pad_id = model.tokenizer.pad_token_id
@@ -178,13 +206,29 @@ def generate(
             positions = torch.cat([positions, next_pos], dim=1)
             next_pos = next_pos + 1
     tokens = torch.stack(out, dim=1).cpu()
-    lengths_list = tuple(int(n) for n in lengths.tolist())
-    texts = tuple(
-        model.tokenizer.decode(tokens[i, : lengths_list[i]], skip_special_tokens=True)
-        for i in range(rows)
-    )
     step_logits = torch.stack(logits_out, dim=1) if record_logits else None
-    return Generation(batch.to("cpu"), tokens, lengths_list, texts, step_logits)
+    return _generation(model, batch, tokens, tuple(lengths.tolist()), step_logits)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"bridge"`` or ``"hf"``: ``"auto"`` means ``hf`` on CUDA and ``bridge`` elsewhere."""
+    if backend == "auto":
+        return "hf" if device.type == "cuda" else "bridge"
+    return backend
+
+
+def _generation(
+    model: LoadedModel,
+    batch: TokenBatch,
+    tokens: Tokens,
+    lengths: tuple[int, ...],
+    step_logits: StepLogits | None,
+) -> Generation:
+    texts = tuple(
+        model.tokenizer.decode(tokens[i, :n], skip_special_tokens=True)
+        for i, n in enumerate(lengths)
+    )
+    return Generation(batch.to("cpu"), tokens, tuple(int(n) for n in lengths), texts, step_logits)
 
 
 @dataclass(frozen=True)
