@@ -98,3 +98,15 @@ def test_compile_needs_the_fast_path():
 def test_bad_pad_multiple_is_refused(bad):
     with pytest.raises(ValueError, match="pad_multiple"):
         TrainConfig.prosv(1, pad_multiple=bad)
+
+
+def test_fast_path_runs_the_plain_hf_blocks_sharing_the_bridges_weights(tiny):
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+
+    from prosv_lens.training.fastpath import UpperStack
+
+    upper = UpperStack(tiny, 1)
+    assert not any(isinstance(m, GeneralizedComponent) for m in upper.blocks.modules())
+    bridge_params = {p.data_ptr() for p in tiny.bridge.parameters()}
+    assert {p.data_ptr() for p in upper.blocks.parameters()} <= bridge_params
+    assert upper.weight.data_ptr() in bridge_params

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prosv_lens.directions import resid_post
+from prosv_lens.hf_model import hf_causal_lm
 from prosv_lens.models import LoadedModel
 from prosv_lens.prompts import TokenBatch
 from prosv_lens.training.bounded_ce import token_logprobs
@@ -159,14 +160,13 @@ class UpperStack:
 
     def __init__(self, model: LoadedModel, layer: int, *, compile: str | None = None) -> None:
         model.hook_name(layer)  # validates the layer
-        hf = model.bridge.original_model
+        # The plain Hugging Face model (no TransformerLens hook points: nothing hooks the blocks
+        # above L or the unembedding while training, and they are launch-bound on a GPU); it
+        # shares every weight with the bridge.
+        hf = hf_causal_lm(model)
         self.decoder = hf.get_decoder()
-        # TransformerLens wraps the LM head (``original_component``) and gives a head without a
-        # bias a zero buffer: kept only when it is non-zero (then it is the model's real bias).
         head = hf.get_output_embeddings()
-        inner = getattr(head, "original_component", None)
-        head = head if inner is None else inner
-        bias = getattr(head, "bias", None)
+        bias = getattr(head, "bias", None)  # a zero bias (TransformerLens adds one) is dropped
         self.weight: torch.Tensor = head.weight
         self.bias = bias if bias is not None and bool(bias.any()) else None
         cap = getattr(hf.config, "final_logit_softcapping", None)
