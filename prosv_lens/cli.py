@@ -10,6 +10,8 @@ Examples::
     prosv sweep configs/heatmap_small.json       # -> results/heatmap_small, figures/
     prosv report                                 # -> reports/paper_claims.md
     prosv models --convert gemma-3-270m
+    prosv reproduce gemma-2-2b-l10 --dry-run     # memory/time plan, nothing loaded
+    prosv reproduce smollm2-l12 --concepts 2     # -> results/reproduce/smollm2-l12
 """
 
 import argparse
@@ -31,6 +33,9 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct",
                    help="smollm2-135m-instruct (default), gemma-3-270m, tiny, a folder or a hub id")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    p.add_argument("--dtype", default="float32",
+                   help="weight dtype: float32 (default), bfloat16 (the usual choice on a GPU; "
+                   "training keeps alpha, v and Adam's state in float32), float16, float64")  # fmt: skip
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -44,7 +49,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 _DEMO_FIELDS = ("concept", "layer", "epochs", "n_train", "n_eval", "max_new_tokens", "n_utility", "n_kl_prompts",
-                "judge", "run", "seed")  # fmt: skip
+                "judge", "run", "seed", "dtype")  # fmt: skip
 
 
 def _cmd_judge_validate(args: argparse.Namespace) -> int:
@@ -66,7 +71,7 @@ def _cmd_analyse(args: argparse.Namespace) -> int:
     from prosv_lens.models import load_model
     from prosv_lens.vector_io import load_vector
 
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     vector = load_vector(args.vector, model)
     compare = {}
     for item in args.compare or []:
@@ -105,7 +110,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     cfg = load_sweep_config(args.config)  # a bad config fails before the model loads
     out = Path(args.out or Path("results") / Path(args.config).stem)
     t0 = time.perf_counter()
-    model = load_model(cfg.model, device=args.device)
+    model = load_model(cfg.model, device=args.device, dtype=cfg.dtype)
     sweep = run_sweep(model, cfg, out, OfflineJudge(reference=model))
     _out(format_sweep(sweep))
     for path in sweep_figures(sweep, Path(args.figures), out.name + "_"):
@@ -129,7 +134,7 @@ def _cmd_build_concept(args: argparse.Namespace) -> int:
     from prosv_lens.builder import build_concept_data
     from prosv_lens.models import load_model
 
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     for concept in args.concepts:
         data = build_concept_data(model, concept)
         _out(f"{concept}: {len(data)} examples")
@@ -143,7 +148,7 @@ def _cmd_positions(args: argparse.Namespace) -> int:
     from prosv_lens.positions import PositionSpec
     from prosv_lens.prompts import encode_prompts
 
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     batch = encode_prompts(model, args.prompts, system=args.system)
     for spec_text in args.spec:
         spec = PositionSpec.parse(spec_text)
@@ -165,7 +170,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from prosv_lens.models import load_model
     from prosv_lens.vector_io import load_vector
 
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     vectors = []
     for path in args.vector or []:
         v = load_vector(path, model, allow_model_mismatch=args.allow_model_mismatch)
@@ -193,7 +198,7 @@ def _cmd_check_cache(args: argparse.Namespace) -> int:
     from prosv_lens.models import load_model
     from prosv_lens.prompts import encode_prompts
 
-    model = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     layer = args.layer if args.layer is not None else round(0.4 * model.n_layers)
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(model.d_model, generator=gen)
@@ -230,7 +235,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data = [load_jsonl_concept(args.jsonl)]
     if args.max_examples:
         data = [d.subset(range(min(len(d), args.max_examples))) for d in data]
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     layer = args.layer if args.layer is not None else round(0.4 * model.n_layers)
     overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES and v is not None}
     preset = TrainConfig.prosv if args.preset == "prosv" else TrainConfig.fssv
@@ -253,7 +258,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 _TRAIN_OVERRIDES = ("positions", "objective", "beta", "c", "lr_v", "lr_alpha", "epochs", "batch_size",
-                    "variant", "optimizer", "seed", "max_response_tokens", "path")  # fmt: skip
+                    "variant", "optimizer", "seed", "max_response_tokens", "path", "param_dtype", "tf32",
+                    "logits_budget_mb", "pad_multiple", "compile")  # fmt: skip
 
 
 def _slug(name: str) -> str:
@@ -286,6 +292,48 @@ def _cmd_models(args: argparse.Namespace) -> int:
         _out(f"{name:24s} {spec.description} [{state}; needs `{spec.install}`]")
     _out("tiny                     random-weight 3-layer Llama for tests (no download)")
     return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from prosv_lens.experiments import (
+        ReproduceConfig,
+        Resources,
+        dry_run,
+        get_setting,
+        probe_device,
+        run_reproduce,
+    )
+    from prosv_lens.experiments.report import format_summary
+
+    setting = get_setting(args.setting)  # an unknown name fails here, before anything else
+    sizes = setting.sizes.replace(**{k: getattr(args, k) for k in _REPRODUCE_SIZES})
+    knobs = {k: getattr(args, k) for k in ("micro_rows", "logits_budget_mb", "cache_budget_mb")}
+    cfg = ReproduceConfig(
+        setting, out_dir=args.out, concept_ids=tuple(args.concept_ids) if args.concept_ids else None,
+        axbench=args.axbench, model=args.model, device=args.device, sizes=sizes,
+        resources=Resources(**{k: v for k, v in knobs.items() if v is not None}), judge=args.judge,
+    )  # fmt: skip
+    given = {"memory_gb": args.device_memory, "tflops": args.device_tflops,
+             "bandwidth_gbs": args.device_bandwidth}  # fmt: skip
+    device = None
+    if args.dry_run or any(v is not None for v in given.values()):
+        import torch
+
+        device = probe_device(args.device, getattr(torch, setting.dtype), **given)
+    if args.dry_run:
+        text, plan = dry_run(cfg, device)
+        _out(text)
+        plan.check()  # a run that cannot fit: exit 2, one line naming the stage
+        return 0
+    summary = run_reproduce(cfg, device=device, log=lambda line: sys.stderr.write(line + "\n"))
+    _out(format_summary(summary))
+    _out(f"results: {cfg.out} ({summary['seconds']:.0f} s)")
+    return 0
+
+
+_REPRODUCE_SIZES = ("n_concepts", "n_train", "epochs", "batch_size", "max_response_tokens", "n_eval",
+                    "max_new_tokens", "eval_batch_size", "n_utility", "utility_tokens", "n_kl_prompts",
+                    "utility_batch_size", "seed")  # fmt: skip
 
 
 _ANALYSES = ("flow", "patching", "knockout", "decay", "lens", "heads")  # analysis.run.ANALYSES
@@ -406,7 +454,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=None)
     p.add_argument("--alpha", type=float, default=100.0, help="factor of a random unit vector")
     p.add_argument("--max-new-tokens", type=int, default=6)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--atol", type=float, default=3e-4,
                    help="tolerance (default 3e-4: fp32 decoding noise on SmolLM2 reaches ~1e-4 with no vector)")  # fmt: skip
     p.set_defaults(func=_cmd_check_cache)
@@ -434,6 +481,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fast (default) or the reference full path",
     )
+    p.add_argument("--param-dtype", choices=["float32", "model"], default=None,
+                   help="float32 (default): fp32 master copies of alpha, v and Adam's state; model: "
+                   "the authors' numerics, alpha and v in the model's dtype")  # fmt: skip
+    p.add_argument("--tf32", action="store_true", default=None, help="allow TF32 matmuls on CUDA")
+    p.add_argument("--logits-budget-mb", type=int, default=None,
+                   help="memory for one chunk of response logits (default 1024)")  # fmt: skip
+    p.add_argument("--pad-multiple", type=int, default=None,
+                   help="pad micro-batch widths to a multiple (default: 64 on a GPU, 1 on a CPU)")  # fmt: skip
+    p.add_argument("--compile", default=None,
+                   help="torch.compile backend for the blocks above L (e.g. inductor on a GPU)")  # fmt: skip
     p.add_argument(
         "--max-examples", type=int, default=None, help="use only the first N examples per concept"
     )
@@ -451,6 +508,56 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list embedded models; --convert prepares their cache")
     p.add_argument("--convert", nargs="*", metavar="NAME")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("reproduce", help="one row of the paper's main table end to end: PrOSV "
+                       "and FSSV trained jointly, DiffMean and prompt baselines, judged steering "
+                       "and utility, resumable; --dry-run plans memory and time")  # fmt: skip
+    p.add_argument("setting", help="gemma-2-2b-l10, gemma-2-2b-l20, gemma-2-9b-l20, "
+                   "gemma-2-9b-l31 or smollm2-l12 (see docs/reproduce.md)")  # fmt: skip
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--concepts", dest="n_concepts", type=int, default=None,
+                       help="the first N concepts of the data (default: the setting's 10)")  # fmt: skip
+    which.add_argument("--concept-ids", type=int, nargs="+", default=None, help="AxBench concept ids")  # fmt: skip
+    p.add_argument("--axbench", default=None, help="data source instead of the setting's: an "
+                   "AxBench folder or hf:pyvene/axbench-concept10/2b/l10-style id")  # fmt: skip
+    p.add_argument("--model", default=None, help="model instead of the setting's (e.g. a local "
+                   "checkpoint folder of the same model)")  # fmt: skip
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    p.add_argument("--out", default=None, help="run folder (default: results/reproduce/SETTING); "
+                   "rerun the same command to resume")  # fmt: skip
+    p.add_argument("--judge", choices=["offline", "llm"], default="offline",
+                   help="offline (default: MiniLM + SmolLM2 fluency) or llm (OPENAI_API_KEY, "
+                   "PROSV_JUDGE_BASE_URL, PROSV_JUDGE_MODEL)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the memory and time plan of each stage (no model load, no download) "
+                   "and refuse a run that cannot fit")  # fmt: skip
+    sizes = p.add_argument_group("sizes (default: the paper's; smaller for toy runs)")
+    sizes.add_argument("--n-train", "--max-examples", dest="n_train", type=int, default=None,
+                       help="training examples per concept (72)")  # fmt: skip
+    for flag, what in (("--epochs", "training epochs (12; the setting's per-vector value)"),
+                       ("--batch-size", "examples per step per concept (12)"),
+                       ("--max-response-tokens", "training response length (128)"),
+                       ("--n-eval", "held-out instructions per concept, half select, half score (10)"),
+                       ("--max-new-tokens", "judged answer length (128)"),
+                       ("--eval-batch-size", "answers per generation batch (16)"),
+                       ("--n-utility", "built-in utility items (all 84)"),
+                       ("--utility-tokens", "utility answer / KL continuation length (32)"),
+                       ("--n-kl-prompts", "KL damage prompts (16)"),
+                       ("--utility-batch-size", "utility items / KL prompts per batch (16)"),
+                       ("--seed", "sampling seed of the judged answers (0)")):  # fmt: skip
+        sizes.add_argument(flag, type=int, default=None, help=what)
+    mem = p.add_argument_group("memory knobs and planning")
+    mem.add_argument("--micro-rows", type=int, default=None,
+                     help="training rows per forward pass (default: 8 on CPU, all on GPU)")  # fmt: skip
+    mem.add_argument("--logits-budget-mb", type=int, default=None, help="response-logits chunk (1024)")  # fmt: skip
+    mem.add_argument("--cache-budget-mb", type=int, default=None,
+                     help="residual cache kept in memory, the rest on disk (2048)")  # fmt: skip
+    mem.add_argument("--device-memory", type=float, default=None, metavar="GB",
+                     help="plan for a device with this much memory instead of the one here")  # fmt: skip
+    mem.add_argument("--device-tflops", type=float, default=None, help="plan with this matmul rate")  # fmt: skip
+    mem.add_argument("--device-bandwidth", type=float, default=None, metavar="GB/S",
+                     help="plan with this memory bandwidth")  # fmt: skip
+    p.set_defaults(func=_cmd_reproduce)
     return parser
 
 

@@ -14,7 +14,7 @@ from prosv_lens.vector_io import load_vector, save_vector
 
 COMMANDS = (
     "demo", "positions", "generate", "check-cache", "inspect", "models", "judge-validate",
-    "build-concept", "analyse", "figures", "sweep", "report",
+    "build-concept", "analyse", "figures", "sweep", "report", "reproduce",
 )  # fmt: skip
 
 
@@ -132,6 +132,23 @@ def test_train_from_jsonl_saves_loadable_vectors(tmp_path, capsys):
     assert vec.info["train_config"]["epochs"] == 2 and str(vec.positions) == "f2+l2"
     assert main(["train", "--model", "tiny", "--layer", "1"]) == 2  # no data source
     assert "exactly one data source" in capsys.readouterr().err
+    bf16 = [*argv[:-1], str(tmp_path / "bf16"), "--dtype", "bf16", "--param-dtype", "float32",
+            "--logits-budget-mb", "1", "--pad-multiple", "16"]  # fmt: skip
+    assert main(bf16) == 0
+    capsys.readouterr()
+    info = load_vector(tmp_path / "bf16" / "sea").info["train_config"]
+    assert (info["param_dtype"], info["logits_budget_mb"], info["pad_multiple"]) == (
+        "float32",
+        1,
+        16,
+    )
+    for bad, says in ((["--dtype", "int8"], "choose one of float32"),
+                      (["--logits-budget-mb", "0"], "logits_budget_mb must be"),
+                      (["--pad-multiple", "0"], "pad_multiple must be")):  # fmt: skip
+        assert main([*argv[:-1], str(tmp_path / "bad"), *bad]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+        assert not (tmp_path / "bad").exists()
 
 
 def test_analysis_choices_match_the_library():

@@ -1,0 +1,30 @@
+"""Experiment runners: the paper's experiments end to end, resumable, planned before they run.
+
+``prosv reproduce SETTING`` (:func:`run_reproduce`) runs one row of the paper's main table —
+PrOSV and FSSV trained jointly, DiffMean and prompt baselines, AxBench-style judged steering and
+utility — for a registered :class:`Setting` (:data:`SETTINGS`); :func:`dry_run` plans its memory
+and time on a device without loading anything. See ``docs/reproduce.md``.
+"""
+
+from prosv_lens.experiments.plan import DeviceInfo, Plan, Resources, plan_run, probe_device
+from prosv_lens.experiments.preflight import ReproduceConfig, dry_run, make_config, train_config
+from prosv_lens.experiments.reproduce import run_reproduce
+from prosv_lens.experiments.settings import SETTINGS, ModelShape, RunSizes, Setting, get_setting
+
+__all__ = [
+    "SETTINGS",
+    "DeviceInfo",
+    "ModelShape",
+    "Plan",
+    "ReproduceConfig",
+    "Resources",
+    "RunSizes",
+    "Setting",
+    "dry_run",
+    "get_setting",
+    "make_config",
+    "plan_run",
+    "probe_device",
+    "run_reproduce",
+    "train_config",
+]
