@@ -315,3 +315,24 @@ def test_kl_of_prompt_steering_compares_the_same_continuation(tiny):
     assert prompted.mean > 0.0 and prompted.n_tokens == same.n_tokens
     with pytest.raises(ValueError, match="steered prompts"):
         kl_damage(tiny, None, PROMPTS, CFG, steered_prompts=PROMPTS[:1])
+
+
+def test_utility_and_kl_give_the_same_answers_on_either_generation_backend(tiny):
+    """``auto`` picks Hugging Face ``generate`` on a GPU: greedy answers and KL equal the bridge's."""
+    items = [
+        UtilityItem("a", "Say something.", {"check": "regex", "pattern": "."}),
+        UtilityItem("b", "Tell me about the sea, please. " * 2, {"check": "regex", "pattern": "."}),
+    ]
+    vec = _vector(tiny, 50.0, "f2+l2")
+    runs = {
+        backend: evaluate_utility(tiny, vec, items, UtilityConfig(max_new_tokens=6, batch_size=2,
+                                                                  backend=backend))
+        for backend in ("bridge", "hf")
+    }  # fmt: skip
+    assert [r.output for r in runs["hf"].rows] == [r.output for r in runs["bridge"].rows]
+    kls = {
+        backend: kl_damage(tiny, vec, ["Hi", "Name a color."],
+                           KLConfig(max_new_tokens=4, backend=backend)).estimate.mean
+        for backend in ("bridge", "hf")
+    }  # fmt: skip
+    assert kls["hf"] == pytest.approx(kls["bridge"], rel=1e-5) and kls["bridge"] > 0

@@ -43,6 +43,9 @@ class EvalConfig:
         batch_size: answers generated per forward batch.
         seed: base seed; each (method, factor, batch) gets its own derived seed.
         select_fraction: share of the instructions used to select factors (AxBench: 0.5).
+        backend: generation backend (:class:`~prosv_lens.generation.GenerationConfig`): ``auto``
+            (default) runs the Hugging Face model's own ``generate`` on a GPU and the bridge loop
+            on a CPU.
     """
 
     max_new_tokens: int = 64
@@ -50,6 +53,7 @@ class EvalConfig:
     batch_size: int = 16
     seed: int = 0
     select_fraction: float = 0.5
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -221,6 +225,7 @@ def _run(
             do_sample=True,
             temperature=cfg.temperature,
             seed=seed,
+            backend=cfg.backend,
         )
         prompts = [method.render(t.prompt, concept) for t in part]
         out = generate(model, prompts, () if vector is None else vector, gen_cfg)

@@ -205,11 +205,14 @@ class UtilityConfig:
             come in the first sentence; worked GSM8K answers need a few hundred).
         batch_size: items per generation batch (items are grouped by prompt length).
         system: a system message for every item (``None``: the template's default).
+        backend: generation backend: ``auto`` (default) is Hugging Face ``generate`` on a GPU,
+            the bridge loop on a CPU (:class:`~prosv_lens.generation.GenerationConfig`).
     """
 
     max_new_tokens: int = 32
     batch_size: int = 16
     system: str | None = None
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         _check_sizes(self.max_new_tokens, self.batch_size)
@@ -268,7 +271,7 @@ def evaluate_utility(
     if not items:
         raise ValueError("evaluate_utility needs at least one item")
     ivs = _as_list(interventions)
-    gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
+    gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, backend=cfg.backend)
     outputs: dict[int, str] = {}
     for chunk in _length_chunks(model, [it.prompt for it in items], cfg.batch_size):
         batch = encode_prompts(model, [items[i].prompt for i in chunk], system=cfg.system)
@@ -292,11 +295,14 @@ class KLConfig:
         max_new_tokens: length of the unsteered greedy continuation of each prompt.
         batch_size: prompts per forward pass.
         system: a system message for every prompt (``None``: the template's default).
+        backend: generation backend of the unsteered continuations (``auto``: as
+            :class:`UtilityConfig`).
     """
 
     max_new_tokens: int = 32
     batch_size: int = 8
     system: str | None = None
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         _check_sizes(self.max_new_tokens, self.batch_size)
@@ -395,7 +401,7 @@ def kl_damage(
     if steered_prompts is not None and len(steered_prompts) != len(prompts):
         raise ValueError(f"{len(steered_prompts)} steered prompts for {len(prompts)} prompts")
     ivs = _as_list(interventions)
-    gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
+    gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, backend=cfg.backend)
     sums, counts = [0.0] * len(prompts), [0] * len(prompts)
     for chunk in _length_chunks(model, prompts, cfg.batch_size):
         prompt = encode_prompts(model, [prompts[i] for i in chunk], system=cfg.system)
