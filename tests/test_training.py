@@ -13,7 +13,11 @@ from prosv_lens.training import TrainConfig, response_loss, train
 from prosv_lens.training.fastpath import build_residual_cache
 from prosv_lens.training.forward import gather_rows
 from prosv_lens.training.objectives import SequenceLogprobs, simpo_loss
-from prosv_lens.training.trainer import default_micro_rows, step_bytes_per_token
+from prosv_lens.training.trainer import (
+    ACTIVATION_CAP_BYTES,
+    default_micro_rows,
+    step_bytes_per_token,
+)
 
 
 def _concept(name, n=10, offset=0):
@@ -274,12 +278,14 @@ def test_default_micro_rows_fill_an_accelerator_within_its_memory(tiny):
     assert default_micro_rows(cpu, tokens_per_row=256, bytes_per_token=1 << 20) == 8
     # Estimates by step_bytes_per_token's rule (blocks x (12 d_model + 4 d_mlp + 3 heads x pos)).
     # SmolLM2 fp32 at layer 12 (17 of 30 blocks of 576 / 1536 / 9 heads) on an H200 (~139 GB
-    # free), fast path with a 1 GiB logits budget: every row of 8 concepts' batches of 12 fits.
+    # free), fast path with a 1 GiB logits budget: the activations are capped at 12 GiB whatever
+    # the free memory (a step peaks near weights + 16 GB), which still holds 32 rows of 256 tokens.
     smol = 17 * (12 * 576 + 4 * 1536 + 3 * 9 * 256) * 4
     rows = default_micro_rows(
         gpu, tokens_per_row=256, bytes_per_token=smol, reserved_bytes=1 << 30, free_bytes=139 << 30
     )
-    assert rows >= 96 and rows * 256 * smol + (1 << 30) <= (139 << 30) // 4
+    assert rows >= 32 and rows * 256 * smol + (1 << 30) <= ACTIVATION_CAP_BYTES
+    assert ACTIVATION_CAP_BYTES == 12 << 30
     # Gemma-2-2B bf16 at layer 10 (15 of 26 blocks of 2304 / 9216 / 8 heads): rows shrink with the
     # free memory, never below 8; the 256k vocabulary costs one logits chunk, not a row's worth.
     gemma = 15 * (12 * 2304 + 4 * 9216 + 3 * 8 * 256) * 2

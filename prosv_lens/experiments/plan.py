@@ -30,6 +30,7 @@ from prosv_lens.experiments.settings import (
     RunSizes,
     Setting,
 )
+from prosv_lens.training.trainer import default_micro_rows
 
 PROMPT_TOKENS = 64
 STEERING_PROMPT_TOKENS = 40
@@ -239,10 +240,13 @@ def _train(setting: Setting, sizes: RunSizes, dev: DeviceInfo, res: Resources, k
     micro, label = res.micro_rows, ""
     if micro is None and dev.type == "cpu":
         micro = 8  # the trainer's CPU default
-    elif micro is None:  # the trainer fills the device: as many rows as fit, up to 256
-        cap = min(256, k * sizes.batch_size)
-        micro = int(max(1, min(cap, (USABLE * dev.memory - m.weights - cache - logits) // per_row)))
-        label = "; as many as fit"
+    elif micro is None:  # the trainer's own rule for an accelerator (default_micro_rows)
+        free = max(0, int(dev.memory - m.weights - cache))
+        micro = default_micro_rows(torch.device("cuda"), tokens_per_row=t,
+                                   bytes_per_token=math.ceil(per_row / t), reserved_bytes=logits,
+                                   free_bytes=free)  # fmt: skip
+        micro = min(micro, k * sizes.batch_size)
+        label = "; the trainer's rule"
     memory = {
         "weights": m.weights,
         "residual cache": cache,

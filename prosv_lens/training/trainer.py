@@ -39,6 +39,7 @@ from prosv_lens.training.fastpath import ResidualCache, UpperStack, build_residu
 from prosv_lens.training.forward import gather_rows, logprobs_fast, logprobs_full
 from prosv_lens.training.objectives import SequenceLogprobs, lang_loss, simpo_loss
 
+ACTIVATION_CAP_BYTES = 12 << 30  # a step's activations, whatever the device's free memory
 EXPLOSION = 100.0  # a loss above 100x max(1, its first-step value) has exploded
 
 
@@ -84,15 +85,17 @@ def default_micro_rows(
     concept's batch leaves the device idle, so the rows of all K concepts of a step should share a
     pass, as far as memory allows: a row costs ``tokens_per_row * bytes_per_token`` bytes
     (:func:`step_bytes_per_token`), and the rows get a quarter of the device's free memory
-    (``free_bytes``; default: asked of the device) less ``reserved_bytes`` (the fast path's one
-    chunk of logits, which does not grow with the rows).
+    (``free_bytes``; default: asked of the device), at most ``ACTIVATION_CAP_BYTES`` (12 GiB, so
+    that a step peaks near the weights + 16 GB even on a large card), less ``reserved_bytes``
+    (the fast path's one chunk of logits, which does not grow with the rows).
     """
     if device.type == "cpu":
         return 8
     if free_bytes is None:
         free_bytes = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 8 << 30
     per_row = max(1, tokens_per_row * bytes_per_token)
-    return max(8, min(256, (free_bytes // 4 - reserved_bytes) // per_row))
+    budget = min(free_bytes // 4, ACTIVATION_CAP_BYTES) - reserved_bytes
+    return max(8, min(256, budget // per_row))
 
 
 def step_bytes_per_token(model: LoadedModel, layer: int, *, path: str, tokens_per_row: int) -> int:
