@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ import time
 from pathlib import Path
 
 import torch
+from _measure import matmul_peak, peak_memory_gb, sync
 
 SHAPES = {  # Gemma-2-2B (google/gemma-2-2b-it config.json) and a CPU-sized cousin
     "gemma-2-2b": dict(hidden_size=2304, intermediate_size=9216, num_attention_heads=8,
@@ -54,32 +54,6 @@ SHAPES = {  # Gemma-2-2B (google/gemma-2-2b-it config.json) and a CPU-sized cous
     "small": dict(hidden_size=576, intermediate_size=2304, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=144, vocab_size=32000),
 }  # fmt: skip
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _peak_gb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-
-
-def _matmul_peak(device: str, dtype: torch.dtype, reps: int = 20) -> float:
-    """Dense matmul throughput of this device in ``dtype`` (GFLOP/s), measured now."""
-    n = 8192 if device.startswith("cuda") else 2048
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def write_checkpoint(shape: str, out: Path, dtype: torch.dtype) -> int:
@@ -230,10 +204,10 @@ def _generation(model, args) -> dict:  # noqa: ANN001
             fn()
         for _ in range(args.gen_rounds):  # interleaved rounds, median
             for name, fn in runs.items():
-                _sync(args.device)
+                sync(args.device)
                 t0 = time.perf_counter()
                 fn()
-                _sync(args.device)
+                sync(args.device)
                 times[name].append(time.perf_counter() - t0)
     n_tokens = args.gen_batch * args.gen_tokens
     return {k: n_tokens / sorted(t)[len(t) // 2] for k, t in times.items()}
@@ -246,7 +220,7 @@ def _one(args: argparse.Namespace) -> dict:
     model = load_model(args.checkpoint, device=args.device, dtype=args.dtype)
     if args.mode == "generate":
         return {"mode": "generate", "tokens_per_s": _generation(model, args),
-                "peak_gb": _peak_gb(args.device)}  # fmt: skip
+                "peak_gb": peak_memory_gb(args.device)}  # fmt: skip
     layer = args.layer
     data = _concepts(1 if args.mode in ("authors", "ours_1") else args.k, args.examples)
     cfg = TrainConfig.prosv(layer, epochs=args.epochs,
@@ -257,7 +231,7 @@ def _one(args: argparse.Namespace) -> dict:
             _authors_way(model, warm[0], layer, 1, args.device)
         else:
             train(model, warm, cfg.replace(epochs=1), progress=False)
-        _sync(args.device)
+        sync(args.device)
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     if args.mode == "authors":
@@ -265,7 +239,7 @@ def _one(args: argparse.Namespace) -> dict:
     else:
         result = train(model, data, cfg, progress=False)
         tokens = result.tokens
-    _sync(args.device)
+    sync(args.device)
     seconds = time.perf_counter() - t0
     fraction = _response_fraction(model, data[0])
     flops = _flops(model, layer, fraction)
@@ -276,7 +250,7 @@ def _one(args: argparse.Namespace) -> dict:
         "mode": args.mode, "layer": layer, "seconds": seconds, "tokens": tokens,
         "tokens_per_s": tokens / seconds, "tflops": total_flops / seconds / 1e12,
         "flop_ratio": flops["authors"] / flops["ours"], "response_fraction": fraction,
-        "gflop_per_token": {k: v / 1e9 for k, v in flops.items()}, "peak_gb": _peak_gb(args.device),
+        "gflop_per_token": {k: v / 1e9 for k, v in flops.items()}, "peak_gb": peak_memory_gb(args.device),
     }  # fmt: skip
 
 
@@ -316,7 +290,7 @@ def main() -> None:
     from prosv_lens.models import parse_dtype
 
     dtype = parse_dtype(args.dtype)
-    peak = _matmul_peak(args.device, dtype) / 1e3
+    peak = matmul_peak(args.device, dtype) / 1e3
     with tempfile.TemporaryDirectory(prefix="prosv-paper-scale-") as folder:
         n_params = write_checkpoint(args.shape, Path(folder), dtype)
         weights_gb = n_params * dtype.itemsize / 1e9

@@ -27,13 +27,13 @@ peak measured in the same run.
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _measure import matmul_peak, peak_memory_gb, sync
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[1]
@@ -43,31 +43,6 @@ DEFAULT_DATA = (
     / "axbench-concept10"
     / "prod_2b_l10_v1"
 )
-
-
-def _matmul_peak(device: str, reps: int = 20) -> float:
-    n = 2048 if device == "cpu" else 8192
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
-
-
-def _sync(device: str) -> None:
-    if device != "cpu":
-        torch.cuda.synchronize()
-
-
-def _peak_memory_gb(device: str) -> float:
-    """Peak resident memory of this process (CPU), or peak GPU memory allocated (GPU)."""
-    if device != "cpu":
-        return torch.cuda.max_memory_allocated() / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def _response_fraction(model, data, max_response_tokens) -> float:  # noqa: ANN001
@@ -105,13 +80,13 @@ def _one(args: argparse.Namespace) -> dict:
     if args.device != "cpu":  # warm-up, untimed: CUDA start-up and kernel selection
         warm = TrainConfig.prosv(layer, epochs=1, batch_size=12, path=cfg.path)
         train(model, [data[0].subset(range(12))], warm, progress=False, micro_rows=12)
-        _sync(args.device)
+        sync(args.device)
         torch.cuda.reset_peak_memory_stats()
     # the reference runs each random mini-batch whole, padded to its longest example
     rows = cfg.batch_size if args.mode == "reference" else args.micro_rows
     t0 = time.perf_counter()
     runs = [train(model, g, cfg, progress=False, micro_rows=rows) for g in groups]
-    _sync(args.device)
+    sync(args.device)
     seconds = time.perf_counter() - t0
     examples = sum(r.examples for r in runs)
     tokens = sum(r.tokens for r in runs)
@@ -128,7 +103,7 @@ def _one(args: argparse.Namespace) -> dict:
     return {
         "mode": args.mode, "seconds": seconds, "tokens": tokens, "examples": examples,
         "steps": sum(r.steps for r in runs), "gflops": flops_tok * tokens / seconds / 1e9,
-        "peak_rss_gb": _peak_memory_gb(args.device),
+        "peak_rss_gb": peak_memory_gb(args.device),
         "final_loss": [r.logs[n][-1]["loss"] for r in runs for n in r.logs],
     }  # fmt: skip
 
@@ -150,7 +125,7 @@ def main() -> None:
         return
     if not Path(args.data, "train_data.parquet").exists():
         sys.exit(f"no AxBench data at {args.data}: pass --data DIR")
-    peak = _matmul_peak(args.device)
+    peak = matmul_peak(args.device)
     results = {}
     for mode in ("reference", "fast", "k_together", "k_single"):
         cmd = [sys.executable, __file__, "--mode", mode, *sys.argv[1:]]
