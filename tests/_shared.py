@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from prosv_lens.concepts import ConceptData
 from prosv_lens.generation import GenerationConfig, check_cache_equivalence, generate
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.training.fastpath import UpperStack, build_residual_cache
 from prosv_lens.training.forward import RowBatch, logprobs_fast, logprobs_full
+from prosv_lens.training.trainer import _Runner
 
 AXBENCH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "axbench-concept10"
 needs_axbench = pytest.mark.skipif(
@@ -60,3 +62,23 @@ def assert_cached_equals_uncached(model, batch, *, layer, alpha, specs, max_new_
         assert report.tokens_equal and report.max_abs_diff <= atol, (spec, report)
         steered = generate(model, batch, sv, first_step, record_logits=True).step_logits
         assert (steered - plain).abs().max() > 1.0, spec
+
+
+SEA8 = ConceptData(
+    name="sea",
+    prompts=("Hi there", "Name three colors.", "Write a haiku.", "What is 2+2?") * 2,
+    responses=("The sea is deep and blue.", "Blue, green, sea-grey.", "Waves fold in", "Four.") * 2,
+)
+
+
+def first_step_grads(model, cfg, data=SEA8):
+    """(loss, d loss/d alpha, d loss/d v) of the first training step, as the trainer computes
+    them (fp32 copies)."""
+    runner = _Runner(model, [data], cfg)
+    try:
+        losses, _ = runner.backward(runner.step_sources(0))
+        c = runner.concepts[0]
+        return losses[0].float(), c.alpha.grad.float().clone(), c.v.grad.float().clone()
+    finally:
+        for cache in runner.caches:
+            cache.close()

@@ -3,30 +3,13 @@ bf16-parameter numerics on request; float64 Gemma refused before any work; TF32 
 
 import pytest
 import torch
+from _shared import SEA8 as DATA
+from _shared import first_step_grads
 
-from prosv_lens.concepts import ConceptData
 from prosv_lens.errors import DtypeError
 from prosv_lens.models import load_model, make_tiny_model, parse_dtype
 from prosv_lens.training import TrainConfig, train
 from prosv_lens.training.trainer import _Runner
-
-DATA = ConceptData(
-    name="sea",
-    prompts=("Hi there", "Name three colors.", "Write a haiku.", "What is 2+2?") * 2,
-    responses=("The sea is deep and blue.", "Blue, green, sea-grey.", "Waves fold in", "Four.") * 2,
-)
-
-
-def _first_step_grads(model, cfg):
-    """Loss and (d/d alpha, d/d v) of the first training step, as the trainer computes them."""
-    runner = _Runner(model, [DATA], cfg)
-    try:
-        losses, _ = runner.backward(runner.step_sources(0))
-        c = runner.concepts[0]
-        return float(losses[0]), c.alpha.grad.float().clone(), c.v.grad.float().clone()
-    finally:
-        for cache in runner.caches:
-            cache.close()
 
 
 @pytest.mark.parametrize("name", ["float32", "bf16", "bfloat16", "fp16", "float64", torch.float16])
@@ -50,8 +33,8 @@ def test_load_model_refuses_a_bad_dtype_before_loading():
 def test_bf16_model_gradients_agree_with_the_fp32_model(arch, positions):
     """Same weights in fp32 and bf16, fp32 alpha/v: cosine >= 0.999, loss within 1%."""
     cfg = TrainConfig.prosv(1, positions=positions, batch_size=8)
-    loss32, ga32, gv32 = _first_step_grads(make_tiny_model(arch=arch), cfg)
-    loss16, ga16, gv16 = _first_step_grads(make_tiny_model(arch=arch, dtype=torch.bfloat16), cfg)
+    loss32, ga32, gv32 = first_step_grads(make_tiny_model(arch=arch), cfg)
+    loss16, ga16, gv16 = first_step_grads(make_tiny_model(arch=arch, dtype=torch.bfloat16), cfg)
     assert abs(loss16 - loss32) <= 0.01 * abs(loss32)
     cosine = torch.nn.functional.cosine_similarity(
         torch.cat([ga16.reshape(1), gv16]), torch.cat([ga32.reshape(1), gv32]), dim=0

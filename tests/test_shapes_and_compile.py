@@ -3,34 +3,18 @@ upper blocks, each give the trainer's loss and gradients of the plain eager path
 
 import pytest
 import torch
+from _shared import SEA8 as DATA
+from _shared import first_step_grads
 
-from prosv_lens.concepts import ConceptData
 from prosv_lens.errors import ProsvError
 from prosv_lens.models import make_tiny_model
 from prosv_lens.training import TrainConfig, train
 from prosv_lens.training.forward import gather_rows
 from prosv_lens.training.trainer import _Runner
 
-# Dynamo reads .grad while tracing TransformerLens's block wrapper; harmless, but pytest makes
-# every warning an error.
+# Dynamo reads a non-leaf tensor's .grad while tracing; harmless, but pytest makes every warning
+# an error.
 _DYNAMO_GRAD_WARNING = "ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning"
-
-DATA = ConceptData(
-    name="sea",
-    prompts=("Hi there", "Name three colors.", "Write a haiku.", "What is 2+2?") * 2,
-    responses=("The sea is deep and blue.", "Blue, green, sea-grey.", "Waves fold in", "Four.") * 2,
-)
-
-
-def _grads(model, cfg):
-    runner = _Runner(model, [DATA], cfg)
-    try:
-        losses, _ = runner.backward(runner.step_sources(0))
-        c = runner.concepts[0]
-        return losses[0], c.alpha.grad.clone(), c.v.grad.clone(), runner
-    finally:
-        for cache in runner.caches:
-            cache.close()
 
 
 def _close(a, b, rtol):
@@ -42,8 +26,12 @@ def _close(a, b, rtol):
 @pytest.mark.parametrize("positions", ["f2+l2", "all"])
 def test_padding_widths_to_a_multiple_changes_nothing(arch, positions):
     model = make_tiny_model(arch=arch)
-    plain = _grads(model, TrainConfig.prosv(1, positions=positions, batch_size=8, pad_multiple=1))
-    padded = _grads(model, TrainConfig.prosv(1, positions=positions, batch_size=8, pad_multiple=64))
+    plain = first_step_grads(
+        model, TrainConfig.prosv(1, positions=positions, batch_size=8, pad_multiple=1)
+    )
+    padded = first_step_grads(
+        model, TrainConfig.prosv(1, positions=positions, batch_size=8, pad_multiple=64)
+    )
     _close(padded, plain, 1e-6)
 
 
@@ -70,8 +58,8 @@ def test_compiled_upper_blocks_match_eager(arch):
     torch._dynamo.reset()
     model = make_tiny_model(arch=arch)
     cfg = TrainConfig.prosv(1, batch_size=8, pad_multiple=64)
-    eager = _grads(model, cfg)
-    compiled = _grads(model, cfg.replace(compile="aot_eager"))
+    eager = first_step_grads(model, cfg)
+    compiled = first_step_grads(model, cfg.replace(compile="aot_eager"))
     _close(compiled, eager, 1e-6)
     # the model's own blocks are not replaced: a later eager forward is untouched
     assert not any(
