@@ -331,3 +331,23 @@ def test_row_memory_estimate_covers_what_autograd_saves(arch):
     measured = sum(saved.values()) / (4 * width)
     estimate = step_bytes_per_token(model, layer, path="fast", tokens_per_row=width)
     assert measured <= estimate <= 3 * measured, (measured, estimate)
+
+
+def test_a_budget_too_small_for_one_token_is_refused_before_any_work(tiny, monkeypatch):
+    """A 1 MiB budget cannot hold one token's logits over a 300k vocabulary with a soft-cap
+    (2.4 MB): the trainer refuses before it caches a single residual."""
+    from prosv_lens.training import trainer
+
+    class WideHead(trainer.UpperStack):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.weight, self.softcap = torch.zeros(300_000, tiny.d_model), 30.0
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the residual cache was built before the budget was checked")
+
+    monkeypatch.setattr(trainer, "UpperStack", WideHead)
+    monkeypatch.setattr(trainer, "build_residual_cache", no_work)
+    data = ConceptData("sea", ("Hi",), ("The sea.",))
+    with pytest.raises(MemoryBudgetError, match="raise the budget .* to at least 3 MB"):
+        trainer.train(tiny, data, TrainConfig.prosv(1, logits_budget_mb=1), progress=False)

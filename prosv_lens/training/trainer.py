@@ -33,6 +33,7 @@ from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import LoadedModel
 from prosv_lens.positions import PositionSpec
 from prosv_lens.prompts import TokenBatch, encode_prompts
+from prosv_lens.training.bounded_ce import rows_per_chunk
 from prosv_lens.training.checkpoint import resume, save_checkpoint, state_dict
 from prosv_lens.training.config import TrainConfig
 from prosv_lens.training.fastpath import ResidualCache, UpperStack, build_residual_cache
@@ -220,6 +221,9 @@ class _Runner:
             UpperStack(model, cfg.layer, compile=cfg.compile) if cfg.path == "fast" else None
         )
         self.pad_multiple = cfg.pad_multiple or (1 if model.device.type == "cpu" else 64)
+        if self.upper is not None:  # a budget too small for one token's logits fails before work
+            rows_per_chunk(self.upper.weight, softcap=self.upper.softcap,
+                           budget_bytes=cfg.logits_budget_mb << 20)  # fmt: skip
         self.caches: list[ResidualCache] = []
         if self.upper is not None:
             budget = cache_budget // max(1, len(self.batches))
