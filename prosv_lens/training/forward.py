@@ -139,7 +139,10 @@ def logprobs_full(
             attention_mask=rows.attention_mask.to(device),
             position_ids=rows.position_ids.to(device),
         )
-    logprobs = torch.log_softmax(logits.float(), dim=-1)[:, :-1]
+    # fp32 at least (as the fast path's chunked loss): a float64 model keeps float64
+    logprobs = torch.log_softmax(
+        logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1
+    )[:, :-1]
     sel, targets, row_ids = _targets(rows)
     picked = logprobs[sel.to(device)].gather(1, targets.to(device)[:, None]).squeeze(1)
     return _reduce(picked, row_ids, sel)
