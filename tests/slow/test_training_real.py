@@ -18,10 +18,16 @@ LAYER = 12  # 40% of SmolLM2's 30 layers, the paper's relative depth
 
 @needs_axbench
 @pytest.mark.parametrize("spec", ["f2+l2", "all"])
-def test_fast_path_matches_full_path_on_smollm2(smol, spec):
+@pytest.mark.parametrize(("fixture", "rtol"), [("smol64", 1e-7), ("smol", 1e-4)])
+def test_fast_path_matches_full_path_on_smollm2(request, fixture, rtol, spec):
+    """In float64 the two paths are the same function (measured: <= 1.2e-8 relative). In fp32 the
+    fast path's chunked loss sums the log-sum-exp over 49k logits in another order than the full
+    path's log_softmax, which moves the gradients by about 1e-5 relative (measured 1.4e-5 / 2.6e-5
+    for f2+l2 / all): rounding, hence the looser fp32 tolerance."""
+    model = request.getfixturevalue(fixture)
     data = load_axbench_concept(DATA, 0).subset(range(3))
     batch = encode_prompts(
-        smol,
+        model,
         list(data.prompts),
         padding_side="right",
         responses=list(data.responses),
@@ -30,10 +36,11 @@ def test_fast_path_matches_full_path_on_smollm2(smol, spec):
     rows = gather_rows(
         [batch], [PositionSpec.parse(spec).resolve(batch).mask], [(0, 0), (0, 1), (0, 2)]
     )
-    v0 = torch.rand(smol.d_model, generator=torch.Generator().manual_seed(0)) - 0.5
-    fast, full = fast_and_full_grads(smol, batch, rows, LAYER, 96.0, v0)
+    gen = torch.Generator().manual_seed(0)
+    v0 = torch.rand(model.d_model, generator=gen, dtype=model.dtype) - 0.5
+    fast, full = fast_and_full_grads(model, batch, rows, LAYER, 96.0, v0)
     for a, b in zip(fast, full, strict=True):
-        assert (a - b).norm() <= 1e-5 * b.norm()
+        assert (a - b).norm() <= rtol * b.norm()
 
 
 @needs_axbench
