@@ -31,9 +31,7 @@ read. A second call with the same key generates nothing.
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +46,7 @@ from prosv_lens.concepts import (
 )
 from prosv_lens.generation import GenerationConfig, generate
 from prosv_lens.models import LoadedModel, default_cache_dir
+from prosv_lens.safe_io import write_text
 
 WEAVE_SYSTEM = (
     "You are a helpful assistant who loves {concept}. In every answer you talk about {concept}, "
@@ -375,16 +374,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text(path, json.dumps(obj, ensure_ascii=False, indent=1))
 
 
 def concept_data(model: LoadedModel, concept: str) -> ConceptData:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prosv_lens.analysis import PathPatchingResult
-from prosv_lens.errors import ProsvError
+from prosv_lens.errors import ClaimsError, ProsvError  # noqa: F401 - re-exported
 from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
 
 VERDICTS = {
@@ -45,10 +45,6 @@ COMMANDS = {
     "python notebooks/04_axbench_eval.py",
     **{folder: f"prosv sweep configs/{folder}.json" for folder in (*HEATMAPS, *POSITIONS)},
 }
-
-
-class ClaimsError(ProsvError, ValueError):
-    """Saved results cannot support a comparison (e.g. no instruction answered by both methods)."""
 
 
 @dataclass(frozen=True)

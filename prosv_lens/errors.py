@@ -1,12 +1,30 @@
-"""Exceptions raised by prosv-lens. Each message names the problem and the fix."""
+"""Every exception prosv-lens raises on bad input, in one hierarchy.
+
+Each message names the problem and the fix in one line. The CLI turns any :class:`ProsvError`
+into that line on stderr and exit status 2; anything else that escapes is a bug and keeps its
+traceback. Errors that also describe a Python category (a bad value, a missing key or file)
+subclass the built-in one too, so ``except ValueError`` keeps working.
+"""
 
 
 class ProsvError(Exception):
     """Base class for every error prosv-lens raises on bad input."""
 
 
-class ModelLoadError(ProsvError):
-    """A model could not be found, converted or booted."""
+# -- inputs: values, settings, files -------------------------------------------------------------
+
+
+class ConfigError(ProsvError, ValueError):
+    """A value out of its range: a settings field, a number given on the command line, a
+    non-finite factor or direction."""
+
+
+class DtypeError(ProsvError, ValueError):
+    """A dtype is unknown, or cannot be used with this model for this purpose."""
+
+
+class MemoryBudgetError(ProsvError, ValueError):
+    """A memory budget is too small for the smallest unit of work (e.g. one token's logits)."""
 
 
 class PositionSpecError(ProsvError, ValueError):
@@ -14,7 +32,33 @@ class PositionSpecError(ProsvError, ValueError):
 
 
 class PromptError(ProsvError, ValueError):
-    """Prompts could not be rendered or tokenised."""
+    """Prompts could not be rendered or tokenised, are blank, or exceed the model's context."""
+
+
+class ConceptDataError(ProsvError, ValueError):
+    """Concept data is malformed, corrupt or cannot be fetched (names the file, line and field)."""
+
+
+class ConceptFileNotFoundError(ConceptDataError, FileNotFoundError):
+    """A concept data file or folder does not exist."""
+
+
+class UnknownConceptError(ConceptDataError, KeyError):
+    """A concept id or name is not in the data source."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class CheckSpecError(ProsvError, ValueError):
+    """A checker spec names an unknown checker or passes arguments it does not take."""
+
+
+# -- models and vectors ---------------------------------------------------------------------------
+
+
+class ModelLoadError(ProsvError):
+    """A model or device could not be found, converted or booted."""
 
 
 class VectorMismatchError(ProsvError, ValueError):
@@ -22,7 +66,7 @@ class VectorMismatchError(ProsvError, ValueError):
 
 
 class VectorFileError(ProsvError):
-    """A saved steering vector is missing, corrupt or of an unknown format."""
+    """A saved steering vector is missing, corrupt, edited after saving, or of an unknown format."""
 
 
 class SteeringStateError(ProsvError, RuntimeError):
@@ -30,28 +74,36 @@ class SteeringStateError(ProsvError, RuntimeError):
 
 
 class TrainingDivergedError(ProsvError, FloatingPointError):
-    """A loss or gradient became NaN/inf or exploded during training."""
+    """A loss, gradient, parameter or the edit's size became NaN/inf or exploded in training."""
+
+
+# -- judges and benchmarks ------------------------------------------------------------------------
 
 
 class JudgeError(ProsvError):
-    """A judge cannot run: missing API key, unreachable endpoint, missing embedding model."""
+    """A judge cannot run: missing API key, unreachable endpoint, missing embedding model, or
+    too many replies that could not be parsed."""
 
 
-class ConfigError(ProsvError, ValueError):
-    """A settings object (a training config, ...) has a value out of its range."""
+class BenchmarkUnavailableError(ProsvError):
+    """A hub benchmark cannot be loaded (offline, missing package, or not found)."""
 
 
-class DtypeError(ProsvError, ValueError):
-    """A dtype is unknown, or cannot be used with this model for this purpose."""
+# -- results, outputs and runs --------------------------------------------------------------------
 
 
 class ResultFileError(ProsvError):
-    """A saved result (judged rows, an analysis result) is corrupt, of another kind, or from an
-    unknown format version."""
+    """A saved result (judged rows, an analysis result, a checkpoint) is corrupt, of another
+    kind, or from an unknown format version."""
 
 
-class MemoryBudgetError(ProsvError, ValueError):
-    """A memory budget is too small for the smallest unit of work (e.g. one token's logits)."""
+class OutputError(ProsvError):
+    """An output cannot be written: the folder is not writable, or a file is already there
+    (pass ``--force`` / ``overwrite=True`` or choose another name)."""
+
+
+class RunLockedError(OutputError):
+    """Another process is running in the same run folder."""
 
 
 class ExperimentError(ProsvError):
@@ -67,8 +119,21 @@ class UnknownSettingError(ExperimentError, KeyError):
 
 
 class RunMismatchError(ExperimentError):
-    """An output folder holds results of a run with other settings, data or code."""
+    """A resumable artifact (checkpoint, run folder, sweep) was produced by other settings, data,
+    model or code than the run that tries to resume it."""
 
 
 class DeviceFitError(ExperimentError):
     """A planned run needs more memory than the device has."""
+
+
+class SweepError(ProsvError, ValueError):
+    """A sweep config is invalid, or ``out_dir`` holds a different sweep."""
+
+
+class FiguresError(ProsvError):
+    """The results folder to draw from is missing or holds no results."""
+
+
+class ClaimsError(ProsvError, ValueError):
+    """Saved results cannot support a comparison (e.g. no instruction answered by both methods)."""

@@ -10,8 +10,6 @@ model is given — that the vector fits it (d_model always; model id and chat te
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from prosv_lens._version import __version__
 from prosv_lens.errors import PositionSpecError, VectorFileError, VectorMismatchError
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import LoadedModel
+from prosv_lens.safe_io import atomic_write
 
 FORMAT = "prosv-lens/steering-vector"
 FORMAT_VERSION = 1
@@ -38,17 +37,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_vector(vector: SteeringVector, path: str | Path) -> Path:
     """Write ``<path>.safetensors`` and ``<path>.json``; returns the ``.safetensors`` path.
 
@@ -61,7 +49,7 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
         "v": vector.v.detach().float().cpu().contiguous(),
         "alpha": vector.alpha.detach().float().cpu().reshape(()),
     }
-    _atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp))
+    atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -78,7 +66,7 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
         "tensors_file": tensor_path.name,
         "tensors_sha256": _sha256(tensor_path),
     }
-    _atomic_write(
+    atomic_write(
         meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str))
     )
     return tensor_path

@@ -6,23 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prosv_lens.errors import ProsvError
+from prosv_lens.errors import (  # noqa: F401 - re-exported
+    ConceptDataError,
+    ConceptFileNotFoundError,
+    ProsvError,
+    UnknownConceptError,
+)
 from prosv_lens.prompts import Prompt
-
-
-class ConceptDataError(ProsvError, ValueError):
-    """Concept data is malformed, corrupt or cannot be fetched."""
-
-
-class ConceptFileNotFoundError(ConceptDataError, FileNotFoundError):
-    """A concept data file or folder does not exist."""
-
-
-class UnknownConceptError(ConceptDataError, KeyError):
-    """A concept id or name is not in the data source."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

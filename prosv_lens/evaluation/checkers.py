@@ -14,15 +14,11 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from prosv_lens.errors import ProsvError
+from prosv_lens.errors import CheckSpecError, ProsvError  # noqa: F401 - re-exported
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _LIST_LINE = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+\S")
 _WORD = re.compile(r"[A-Za-z0-9']+")
-
-
-class CheckSpecError(ProsvError, ValueError):
-    """A checker spec names an unknown checker or passes arguments it does not take."""
 
 
 def _has_word(text: str, word: str) -> bool:

@@ -26,7 +26,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from prosv_lens.errors import JudgeError
 from prosv_lens.evaluation.judge_prompts import PROMPT_VERSION, judge_prompt, parse_rating
 from prosv_lens.evaluation.judges import CRITERIA, Judge, JudgeItem, Rating
 from prosv_lens.models import default_cache_dir
+from prosv_lens.safe_io import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -157,17 +157,8 @@ class _CompletionCache:
 
     def put(self, key: str, completion: str, rating: float | None) -> None:
         """Store a completion; a crash mid-write leaves the old entry or none, never half a file."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         entry = {"key": key, "completion": completion, "rating": rating, "prompts": PROMPT_VERSION}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(entry, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text(self._path(key), json.dumps(entry))
 
 
 def cache_key(config: LLMJudgeConfig, prompt: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from prosv_lens.builder import concept_data
 from prosv_lens.concepts import builtin_instructions, load_axbench_concept
 from prosv_lens.concepts.data import ConceptData
-from prosv_lens.errors import ProsvError, TrainingDivergedError
+from prosv_lens.errors import ProsvError, SweepError, TrainingDivergedError  # noqa: F401 - re-exported
 from prosv_lens.evaluation.judges import Judge
 from prosv_lens.evaluation.records import ResultLog
 from prosv_lens.evaluation.steering_eval import (
@@ -44,16 +44,13 @@ from prosv_lens.evaluation.steering_eval import (
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import DTYPES, LoadedModel
 from prosv_lens.positions import PositionSpec
+from prosv_lens.safe_io import write_json
 from prosv_lens.training import TrainConfig, response_loss, train
 from prosv_lens.training.config import OPTIMIZERS
 
 SWEEP_FILE = "sweep.json"
 ROWS_FILE = "rows.jsonl"
 PRESETS = ("prosv", "fssv")
-
-
-class SweepError(ProsvError, ValueError):
-    """A sweep config is invalid, or ``out_dir`` holds a different sweep."""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -336,9 +333,7 @@ def _scores(rows: Sequence[dict], method: str) -> dict[str, Any]:
 
 
 def _write(path: Path, sweep: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(sweep, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_json(path, sweep)
 
 
 def format_sweep(sweep: dict) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from prosv_lens.errors import ProsvError
+from prosv_lens.errors import BenchmarkUnavailableError, ProsvError  # noqa: F401 - re-exported
 from prosv_lens.evaluation.checkers import CheckSpecError, run_check, validate_spec
 from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
 from prosv_lens.generation import GenerationConfig, generate
@@ -34,10 +34,6 @@ BUILTIN_UTILITY = Path(__file__).resolve().parents[1] / "resources" / "utility.j
 TINY_MMLU = "tinyBenchmarks/tinyMMLU"
 TINY_GSM8K = "tinyBenchmarks/tinyGSM8k"
 Interventions = AbstractIntervention | Sequence[AbstractIntervention] | None
-
-
-class BenchmarkUnavailableError(ProsvError):
-    """A hub benchmark cannot be loaded (offline, missing package, or not found)."""
 
 
 @dataclass(frozen=True)

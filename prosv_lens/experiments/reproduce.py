@@ -80,6 +80,7 @@ from prosv_lens.experiments.run_folder import (
 )
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import LoadedModel, load_model
+from prosv_lens.safe_io import RunLock
 from prosv_lens.training import train
 from prosv_lens.vector_io import load_vector, save_vector
 
@@ -150,37 +151,40 @@ def run_reproduce(
         if new and not any(out.iterdir()):  # leave no empty folder behind a refused run
             out.rmdir()
         raise
-    claim_concepts(out, sets)
-    say(
-        f"{'resuming' if resumed else 'starting'} {cfg.setting.name} in {out}: {len(sets)} concepts"
-    )
-    model = model or load_model(cfg.model_name, device=cfg.device, dtype=run_dtype(cfg))
-    judge = judge or make_judge(cfg.judge, model)
-    judge.check()
-    bar = _Bar(len(KINDS) + 1 + 3 * len(sets), cfg.setting.name, progress)
-    micro = cfg.resources.micro_rows  # None: the trainer's default (8 on CPU, fill the GPU)
-    for kind in KINDS:
-        _train_pending(cfg, model, out, sets, kind, micro, progress, say)
-        bar.step(f"train {kind}")
-    items = load_utility_items()[: cfg.run_sizes.n_utility]
-    unsteered = _unsteered_utility(cfg, model, out, items)
-    bar.step("utility, unsteered")
-    results = []
-    for i, ts in enumerate(sets, 1):
-        results.append(
-            _concept(cfg, model, judge, out, ts, items, bar, f"concept {i}/{len(sets)}", say)
+    with RunLock(out):  # a second run on this folder is refused, naming this one
+        claim_concepts(out, sets)
+        say(
+            f"{'resuming' if resumed else 'starting'} {cfg.setting.name} in {out}: {len(sets)} concepts"
         )
-    rows = [
-        r for ts in sets for r in ResultLog(concept_dir(out, ts) / "rows.jsonl", KEY_FIELDS).rows
-    ]
-    summary = build_summary(
-        cfg.setting, read_json(out / "fingerprint.json"), results, rows, unsteered
-    )
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(out / "summary.json", summary)
-    write_text(out / "summary.md", format_summary(summary))
-    bar.bar.close()
-    return summary
+        model = model or load_model(cfg.model_name, device=cfg.device, dtype=run_dtype(cfg))
+        judge = judge or make_judge(cfg.judge, model)
+        judge.check()
+        bar = _Bar(len(KINDS) + 1 + 3 * len(sets), cfg.setting.name, progress)
+        micro = cfg.resources.micro_rows  # None: the trainer's default (8 on CPU, fill the GPU)
+        for kind in KINDS:
+            _train_pending(cfg, model, out, sets, kind, micro, progress, say)
+            bar.step(f"train {kind}")
+        items = load_utility_items()[: cfg.run_sizes.n_utility]
+        unsteered = _unsteered_utility(cfg, model, out, items)
+        bar.step("utility, unsteered")
+        results = []
+        for i, ts in enumerate(sets, 1):
+            results.append(
+                _concept(cfg, model, judge, out, ts, items, bar, f"concept {i}/{len(sets)}", say)
+            )
+        rows = [
+            r
+            for ts in sets
+            for r in ResultLog(concept_dir(out, ts) / "rows.jsonl", KEY_FIELDS).rows
+        ]
+        summary = build_summary(
+            cfg.setting, read_json(out / "fingerprint.json"), results, rows, unsteered
+        )
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        write_json(out / "summary.json", summary)
+        write_text(out / "summary.md", format_summary(summary))
+        bar.bar.close()
+        return summary
 
 
 def _train_pending(cfg: ReproduceConfig, model: LoadedModel, out: Path, sets: Sequence[AxBenchTrainingSet],

@@ -34,7 +34,7 @@ from prosv_lens.analysis import (
     SavedResult,
     VectorLensResult,
 )
-from prosv_lens.errors import ProsvError
+from prosv_lens.errors import FiguresError, ProsvError  # noqa: F401 - re-exported
 from prosv_lens.figures.analysis import (
     attention_heatmap_figure,
     decay_figure,
@@ -61,10 +61,6 @@ KINDS: dict[str, type[SavedResult]] = {
         VectorLensResult,
     )
 }
-
-
-class FiguresError(ProsvError):
-    """The results folder to draw from is missing or holds no results."""
 
 
 def _saved_kind(path: Path) -> str | None:

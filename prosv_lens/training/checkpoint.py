@@ -5,13 +5,13 @@ schedule states and the log so far. Data order is a pure function of (seed, conc
 no random state needs saving: a resumed run continues bit for bit.
 """
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from prosv_lens.safe_io import atomic_write
 from prosv_lens.training.config import TrainConfig
 
 
@@ -41,10 +41,7 @@ def _results_settings(cfg: TrainConfig) -> dict[str, Any]:
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
     """Write ``checkpoint.pt`` atomically (temporary file, then rename)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".checkpoint.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / "checkpoint.pt")
+    atomic_write(folder / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
 
 
 def resume(folder: Path, cfg: TrainConfig, concepts: Sequence[Any]) -> int:
