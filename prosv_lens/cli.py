@@ -16,17 +16,76 @@ Examples::
 
 import argparse
 import json
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from prosv_lens._version import __version__
-from prosv_lens.errors import ProsvError
+from prosv_lens.errors import ConfigError, ProsvError
 
 
 def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit status 2:
+    ``prosv train: error: argument --epochs: invalid int value: 'x' (see prosv train --help)``.
+
+    Subparsers are made with the same class (``add_subparsers`` uses the parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        one_line = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {one_line} (see {self.prog} --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """A command-line float that is neither NaN nor infinite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _float_at_least(low: float, *, strict: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = finite_float(text)
+        if value < low or (strict and value == low):
+            bound = f"> {low:g}" if strict else f">= {low:g}"
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_float = _float_at_least(0.0, strict=True)
+non_negative_float = _float_at_least(0.0, strict=False)
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1)
+"""A command-line count of at least 1 (epochs, batch sizes, token counts)."""
+non_negative_int = _int_at_least(0)
+"""A command-line count or index of at least 0 (layers, ids, ``--show``)."""
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
@@ -170,6 +229,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from prosv_lens.models import load_model
     from prosv_lens.vector_io import load_vector
 
+    if not args.temperature >= 0:  # NaN fails too
+        raise ConfigError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     vectors = []
     for path in args.vector or []:
@@ -223,7 +284,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from prosv_lens.concepts import load_axbench_concept, load_jsonl_concept
     from prosv_lens.models import load_model
     from prosv_lens.training import TrainConfig, train
-    from prosv_lens.vector_io import save_vector
+    from prosv_lens.vector_io import plan_saves, save_all
 
     if bool(args.axbench) == bool(args.jsonl):
         raise ProsvError(
@@ -235,6 +296,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data = [load_jsonl_concept(args.jsonl)]
     if args.max_examples:
         data = [d.subset(range(min(len(d), args.max_examples))) for d in data]
+    paths = plan_saves(args.out, [d.name for d in data], overwrite=args.force)  # before any work
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     layer = args.layer if args.layer is not None else round(0.4 * model.n_layers)
     overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES and v is not None}
@@ -245,9 +307,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train(
         model, data, cfg, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every
     )
-    out = Path(args.out)
+    saved = save_all(result.vectors, paths, overwrite=args.force)
     for name, vec in result.vectors.items():
-        path = save_vector(vec, out / _slug(name))
+        path = saved[name]
         log = result.logs[name]
         _out(f"{name}: loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}, alpha {float(vec.alpha):.2f}, "
              f"|v| {float(vec.v.norm()):.3f} -> {path}")  # fmt: skip
@@ -262,15 +324,13 @@ _TRAIN_OVERRIDES = ("positions", "objective", "beta", "c", "lr_v", "lr_alpha", "
                     "logits_budget_mb", "pad_multiple", "compile")  # fmt: skip
 
 
-def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")[:60] or "vector"
-
-
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from prosv_lens.vector_io import load_vector, read_metadata
+    from prosv_lens.vector_io import describe, load_vector, read_metadata
 
-    load_vector(args.path)  # verifies the hash and tensors
-    _out(json.dumps(read_metadata(args.path), indent=2))
+    vector = load_vector(args.path)  # verifies both hashes, consistency, finiteness
+    meta = read_metadata(args.path)
+    _out("\n".join(describe(vector, meta)))
+    _out(json.dumps(meta, indent=2))
     return 0
 
 
@@ -340,7 +400,7 @@ _ANALYSES = ("flow", "patching", "knockout", "decay", "lens", "heads")  # analys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="prosv",
         description="Train, run and understand prompt-only steering vectors (PrOSV) on "
         "TransformerLens models. Offline by default: the embedded SmolLM2-135M-Instruct needs no hub.",
@@ -353,13 +413,25 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--concept", default=None, help="a built-in concept (default: the ocean) or any "
                    "concept (its data is built with the model first and cached)")  # fmt: skip
-    p.add_argument("--layer", type=int, default=None, help="layer to steer (default: 40%% depth)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 12)")
-    p.add_argument("--n-train", type=int, default=None, help="training examples (default: all)")
-    p.add_argument("--n-eval", type=int, default=None, help="held-out instructions (default 40)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default 64)")
-    p.add_argument("--n-utility", type=int, default=None, help="utility items (default: all)")
-    p.add_argument("--n-kl-prompts", type=int, default=None, help="KL prompts (default 16)")
+    p.add_argument(
+        "--layer", type=non_negative_int, default=None, help="layer to steer (default: 40%% depth)"
+    )
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default 12)")
+    p.add_argument(
+        "--n-train", type=positive_int, default=None, help="training examples (default: all)"
+    )
+    p.add_argument(
+        "--n-eval", type=positive_int, default=None, help="held-out instructions (default 40)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=positive_int, default=None, help="answer length (default 64)"
+    )
+    p.add_argument(
+        "--n-utility", type=positive_int, default=None, help="utility items (default: all)"
+    )
+    p.add_argument(
+        "--n-kl-prompts", type=positive_int, default=None, help="KL prompts (default 16)"
+    )
     p.add_argument("--judge", choices=["offline", "llm"], default=None,
                    help="offline (default) or llm: an OpenAI-compatible endpoint from "
                    "OPENAI_API_KEY, PROSV_JUDGE_BASE_URL, PROSV_JUDGE_MODEL")  # fmt: skip
@@ -385,10 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="*", metavar="NAME=PATH",
                    help="vectors for the decay curve (default: the same direction at every token)")  # fmt: skip
     p.add_argument("--prompts", nargs="*", help="instructions (default: the built-in eval split)")
-    p.add_argument("--n-prompts", type=int, default=3)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--n-prompts", type=positive_int, default=3)
+    p.add_argument("--max-new-tokens", type=positive_int, default=48)
     p.add_argument("--what", nargs="+", default=list(_ANALYSES), choices=_ANALYSES)
-    p.add_argument("--top-layers", type=int, default=2, help="layers that get a per-head sweep")
+    p.add_argument(
+        "--top-layers", type=non_negative_int, default=2, help="layers that get a per-head sweep"
+    )
     p.add_argument("--out", required=True, help="folder for the results and index.json")
     p.add_argument("--figures", default=None, help="also draw the figures into this folder")
     p.set_defaults(func=_cmd_analyse)
@@ -416,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-concept", help="build (and cache) training data for any concept")
     _model_arg(p)
     p.add_argument("concepts", nargs="+")
-    p.add_argument("--show", type=int, default=3, help="examples to print")
+    p.add_argument("--show", type=non_negative_int, default=3, help="examples to print")
     p.set_defaults(func=_cmd_build_concept)
 
     p = sub.add_parser("positions", help="show which tokens a position spec selects")
@@ -431,10 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", nargs="+")
     p.add_argument("--vector", nargs="*", help="saved vectors (.safetensors/.json stem)")
     p.add_argument("--positions", default=None, help="override the vectors' position spec")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply each vector's alpha")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--scale", type=finite_float, default=1.0, help="multiply each vector's alpha")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=finite_float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--allow-model-mismatch", action="store_true")
     p.set_defaults(func=_cmd_generate)
@@ -451,10 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["all", "prompt", "f2+l2", "role:user", "role:system", "role:assistant"],
     )
-    p.add_argument("--layer", type=int, default=None)
-    p.add_argument("--alpha", type=float, default=100.0, help="factor of a random unit vector")
-    p.add_argument("--max-new-tokens", type=int, default=6)
-    p.add_argument("--atol", type=float, default=3e-4,
+    p.add_argument("--layer", type=non_negative_int, default=None)
+    p.add_argument(
+        "--alpha", type=finite_float, default=100.0, help="factor of a random unit vector"
+    )
+    p.add_argument("--max-new-tokens", type=positive_int, default=6)
+    p.add_argument("--atol", type=non_negative_float, default=3e-4,
                    help="tolerance (default 3e-4: fp32 decoding noise on SmolLM2 reaches ~1e-4 with no vector)")  # fmt: skip
     p.set_defaults(func=_cmd_check_cache)
 
@@ -463,18 +539,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_arg(p)
     p.add_argument("--axbench", help="AxBench folder (metadata.jsonl + train_data.parquet)")
-    p.add_argument("--concept-id", type=int, nargs="*", help="AxBench concept ids (default 0)")
+    p.add_argument(
+        "--concept-id", type=non_negative_int, nargs="*", help="AxBench concept ids (default 0)"
+    )
     p.add_argument("--jsonl", help="a JSONL file of {prompt, response[, negative]} rows")
     p.add_argument("--preset", choices=["prosv", "fssv"], default="prosv",
                    help="paper settings: prosv (f2+l2; beta 4, lr_alpha 10, c 8) or fssv (all; beta 2, lr_alpha 1, c 1)")  # fmt: skip
-    p.add_argument("--layer", type=int, default=None, help="default: 40%% depth")
+    p.add_argument("--layer", type=non_negative_int, default=None, help="default: 40%% depth")
     p.add_argument("--positions", default=None, help="override the preset's position spec")
     p.add_argument("--objective", choices=["lang", "simpo"], default=None)
     p.add_argument("--variant", choices=["joint", "unit", "fixed_alpha"], default=None)
     p.add_argument("--optimizer", choices=["adam", "sgd"], default=None)
-    for flag, typ in (("--beta", float), ("--c", float), ("--lr-v", float), ("--lr-alpha", float), ("--epochs", int),
-                      ("--batch-size", int), ("--seed", int), ("--max-response-tokens", int)):  # fmt: skip
-        p.add_argument(flag, type=typ, default=None)
+    for flag in ("--beta", "--c", "--lr-v", "--lr-alpha"):
+        p.add_argument(flag, type=finite_float, default=None)
+    for flag in ("--epochs", "--batch-size", "--max-response-tokens"):
+        p.add_argument(flag, type=positive_int, default=None)
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument(
         "--path",
         choices=["fast", "full"],
@@ -492,13 +572,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default=None,
                    help="torch.compile backend for the blocks above L (e.g. inductor on a GPU)")  # fmt: skip
     p.add_argument(
-        "--max-examples", type=int, default=None, help="use only the first N examples per concept"
+        "--max-examples",
+        type=positive_int,
+        default=None,
+        help="use only the first N examples per concept",
     )
     p.add_argument("--checkpoint-dir", default=None, help="save and resume the run state here")
-    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=0)
     p.add_argument(
         "--out", default="vectors", help="folder for the trained vectors (default: vectors)"
     )
+    p.add_argument("--force", action="store_true", help="replace vectors of the same name in --out")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("inspect", help="verify a saved vector and print its provenance")
@@ -515,9 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("setting", help="gemma-2-2b-l10, gemma-2-2b-l20, gemma-2-9b-l20, "
                    "gemma-2-9b-l31 or smollm2-l12 (see docs/reproduce.md)")  # fmt: skip
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--concepts", dest="n_concepts", type=int, default=None,
+    which.add_argument("--concepts", dest="n_concepts", type=positive_int, default=None,
                        help="the first N concepts of the data (default: the setting's 10)")  # fmt: skip
-    which.add_argument("--concept-ids", type=int, nargs="+", default=None, help="AxBench concept ids")  # fmt: skip
+    which.add_argument(
+        "--concept-ids", type=non_negative_int, nargs="+", default=None, help="AxBench concept ids"
+    )
     p.add_argument("--axbench", default=None, help="data source instead of the setting's: an "
                    "AxBench folder or hf:pyvene/axbench-concept10/2b/l10-style id")  # fmt: skip
     p.add_argument("--model", default=None, help="model instead of the setting's (e.g. a local "
@@ -532,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the memory and time plan of each stage (no model load, no download) "
                    "and refuse a run that cannot fit")  # fmt: skip
     sizes = p.add_argument_group("sizes (default: the paper's; smaller for toy runs)")
-    sizes.add_argument("--n-train", "--max-examples", dest="n_train", type=int, default=None,
+    sizes.add_argument("--n-train", "--max-examples", dest="n_train", type=positive_int, default=None,
                        help="training examples per concept (72)")  # fmt: skip
     for flag, what in (("--epochs", "training epochs (12; the setting's per-vector value)"),
                        ("--batch-size", "examples per step per concept (12)"),
@@ -545,30 +631,79 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--n-kl-prompts", "KL damage prompts (16)"),
                        ("--utility-batch-size", "utility items / KL prompts per batch (16)"),
                        ("--seed", "sampling seed of the judged answers (0)")):  # fmt: skip
-        sizes.add_argument(flag, type=int, default=None, help=what)
+        sizes.add_argument(
+            flag, type=int if flag == "--seed" else positive_int, default=None, help=what
+        )
     mem = p.add_argument_group("memory knobs and planning")
-    mem.add_argument("--micro-rows", type=int, default=None,
+    mem.add_argument("--micro-rows", type=positive_int, default=None,
                      help="training rows per forward pass (default: 8 on CPU, all on GPU)")  # fmt: skip
-    mem.add_argument("--logits-budget-mb", type=int, default=None, help="response-logits chunk (1024)")  # fmt: skip
-    mem.add_argument("--cache-budget-mb", type=int, default=None,
+    mem.add_argument(
+        "--logits-budget-mb", type=positive_int, default=None, help="response-logits chunk (1024)"
+    )
+    mem.add_argument("--cache-budget-mb", type=positive_int, default=None,
                      help="residual cache kept in memory, the rest on disk (2048)")  # fmt: skip
-    mem.add_argument("--device-memory", type=float, default=None, metavar="GB",
+    mem.add_argument("--device-memory", type=positive_float, default=None, metavar="GB",
                      help="plan for a device with this much memory instead of the one here")  # fmt: skip
-    mem.add_argument("--device-tflops", type=float, default=None, help="plan with this matmul rate")  # fmt: skip
-    mem.add_argument("--device-bandwidth", type=float, default=None, metavar="GB/S",
+    mem.add_argument(
+        "--device-tflops", type=positive_float, default=None, help="plan with this matmul rate"
+    )
+    mem.add_argument("--device-bandwidth", type=positive_float, default=None, metavar="GB/S",
                      help="plan with this memory bandwidth")  # fmt: skip
     p.set_defaults(func=_cmd_reproduce)
     return parser
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed command line; a usage error exits 2 with one line naming the subcommand."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What to do after Ctrl-C: how to resume, for the commands that can."""
+    if args.command == "train" and args.checkpoint_dir:
+        return (
+            "interrupted: rerun the same command to resume from the last checkpoint in "
+            f"{args.checkpoint_dir}"
+        )
+    if args.command == "demo" and args.run:
+        return f"interrupted: rerun the same command to resume in the run folder {args.run}"
+    if args.command == "demo":
+        return (
+            f"interrupted: rerun with --run {Path(args.out) / 'demo-YYYYMMDD-HHMMSS'} (the newest "
+            "demo-* run folder there) to resume in it"
+        )
+    if args.command == "sweep":
+        out = args.out or Path("results") / Path(args.config).stem
+        return f"interrupted: rerun the same command to resume in the run folder {out}"
+    if args.command == "reproduce":
+        out = args.out or Path("results") / "reproduce" / args.setting
+        return f"interrupted: rerun the same command to resume in the run folder {out}"
+    return "interrupted"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``prosv`` command; returns its exit status.
+
+    Bad input (a :class:`ProsvError`, or a usage error from argparse) is one line on stderr and
+    status 2; Ctrl-C is one line and status 130. Anything else is a bug and keeps its traceback.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return int(args.func(args))
     except ProsvError as e:
-        sys.stderr.write(f"prosv {args.command}: error: {e}\n")
+        message = " ".join(str(e).split())
+        sys.stderr.write(f"prosv {args.command}: error: {message}\n")
         return 2
+    except KeyboardInterrupt:
+        start = "\n" if sys.stderr.isatty() else ""  # after a progress bar's partial line
+        sys.stderr.write(f"{start}prosv {args.command}: {_interrupted(args)}\n")
+        return 130
 
 
 if __name__ == "__main__":

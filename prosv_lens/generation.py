@@ -33,10 +33,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from prosv_lens.errors import ConfigError
 from prosv_lens.interventions import AbstractIntervention, DecodeState, steering
 from prosv_lens.models import LoadedModel
-from prosv_lens.prompts import Prompt, TokenBatch, encode_prompts
+from prosv_lens.prompts import Prompt, TokenBatch, check_fits_context, encode_prompts
 from prosv_lens.types import NextLogits, StepLogits, Tokens
+from prosv_lens.validate import in_range, integer
 
 BACKENDS = ("bridge", "hf", "auto")
 
@@ -70,15 +72,14 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature <= 0:
-            raise ValueError(
-                f"temperature must be > 0, got {self.temperature}; use do_sample=False for greedy"
-            )
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        integer("max_new_tokens", self.max_new_tokens, minimum=1)
+        in_range(
+            "temperature", self.temperature, 0, low_open=True, hint="use do_sample=False for greedy"
+        )
+        in_range("top_p", self.top_p, 0, 1, low_open=True)
+        if self.seed is not None:
+            integer("seed", self.seed, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,15 @@ def generate(
 
     Returns:
         A :class:`Generation`. Model weights are never modified.
+
+    Raises:
+        PromptError: a prompt is blank or, with ``max_new_tokens`` added, longer than the
+            model's context (:attr:`LoadedModel.n_ctx`); refused before any forward pass, on
+            either backend, rather than generating fewer tokens than asked or past the context.
     """
     cfg = config or GenerationConfig()
     batch = prompts if isinstance(prompts, TokenBatch) else encode_prompts(model, prompts)
+    check_fits_context(batch, model.n_ctx, cfg.max_new_tokens)
     batch = batch.to(model.device)
     if resolve_backend(cfg.backend, model.device) == "hf":
         # Same pipeline layer; imported here because hf_generation imports this module.

@@ -23,11 +23,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from prosv_lens.errors import SteeringStateError, VectorMismatchError
+from prosv_lens.errors import ConfigError, SteeringStateError, VectorMismatchError
 from prosv_lens.models import LoadedModel, hook_name, pattern_hook_name
 from prosv_lens.positions import PositionSpec, ResolvedPositions
 from prosv_lens.prompts import TokenBatch
 from prosv_lens.types import HookName, Logits, PosMask, Resid, Vector
+from prosv_lens.validate import finite, finite_tensor, integer
 
 
 def add_at_positions(resid: Resid, mask: PosMask, delta: Float[Tensor, "*rows d_model"]) -> Resid:
@@ -71,10 +72,10 @@ class SteeringVector(AbstractIntervention):
     optimise them; ``requires_grad`` is off until a trainer turns it on.
 
     Args:
-        v: the direction, ``[d_model]``.
+        v: the direction, ``[d_model]`` (finite).
         layer: block index whose output (``hook_resid_post``) is edited.
         positions: a position spec (``"f2+l2"``, ``"all"``, ...; see :mod:`prosv_lens.positions`).
-        alpha: the steering factor.
+        alpha: the steering factor (finite).
         model_id: the model the vector was made for (checked when loading from disk).
         chat_template_hash: the chat template it was made with (positions depend on it).
         info: free-form provenance (training settings, data, ...), saved with the vector.
@@ -94,9 +95,10 @@ class SteeringVector(AbstractIntervention):
         super().__init__()
         v = torch.as_tensor(v).detach()
         if v.ndim != 1 or not v.is_floating_point():
-            raise ValueError(f"v must be a 1-d float tensor [d_model], got shape {tuple(v.shape)}")
-        if not isinstance(layer, int) or layer < 0:
-            raise ValueError(f"layer must be a non-negative int, got {layer!r}")
+            raise ConfigError(f"v must be a 1-d float tensor [d_model], got shape {tuple(v.shape)}")
+        finite_tensor("the steering direction v", v, "a vector with NaN/inf cannot steer")
+        integer("layer", layer, minimum=0)
+        finite("alpha", alpha)
         self.layer = layer
         self.positions = PositionSpec.parse(positions)
         self.v = nn.Parameter(v.clone().float(), requires_grad=False)
@@ -127,7 +129,7 @@ class SteeringVector(AbstractIntervention):
 
     def scaled(self, factor: float) -> "SteeringVector":
         """A copy with ``alpha * factor`` (e.g. an FSSV at 50% of its learned factor)."""
-        return self.replace(alpha=float(self.alpha) * factor)
+        return self.replace(alpha=float(self.alpha) * finite("the scale factor", factor))
 
     def replace(self, **changes: Any) -> "SteeringVector":
         """A detached copy with some constructor arguments changed."""
@@ -168,6 +170,13 @@ def check_compatible(model: LoadedModel, intervention: AbstractIntervention) -> 
             f"{model.d_model}: it was made for another model; train or load one for this model."
         )
     model.hook_name(intervention.layer)  # raises on a layer out of range
+    if isinstance(intervention, SteeringVector):  # parameters may have been edited in place
+        with torch.no_grad():
+            finite_tensor(
+                "the steering edit alpha * v",
+                intervention.delta,
+                "alpha or v was set to NaN/inf after the vector was made",
+            )
 
 
 def _make_hook(

@@ -87,15 +87,28 @@ def sha256_json(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def check_writable(folder: str | Path, *, flag: str = "--out") -> Path:
-    """Create ``folder`` if needed and prove a file can be written in it, before any work.
+def check_writable(folder: str | Path, *, flag: str = "--out", create: bool = True) -> Path:
+    """Prove that files can be written in ``folder``, before any work.
+
+    With ``create`` the folder is made (if needed) and a probe file written and removed; without
+    it nothing is created: the nearest existing ancestor must be a writable folder.
 
     Raises:
-        OutputError: it is a file, or it cannot be created or written.
+        OutputError: it is a file, lies under a file, or cannot be created or written.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder} is a file, not a folder: choose another {flag}")
+    if not create and not folder.exists():
+        parent = folder.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(
+                f"{folder} cannot be created ({parent} is not a writable folder): "
+                f"choose another {flag}"
+            )
+        return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
@@ -135,8 +148,11 @@ class RunLock:
                 f"{holder.get('command', '?')}, since {holder.get('since', '?')}): wait for it to "
                 "finish or use another folder"
             ) from None
-        info = {"pid": os.getpid(), "command": " ".join(sys.argv)[:200],
-                "since": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        info = {
+            "pid": os.getpid(),
+            "command": " ".join(sys.argv)[:200],
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         write_json(self.folder / LOCK_INFO, info)
         return self
 
@@ -157,8 +173,11 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``key old -> new`` for every (dotted) field that differs."""
     a, b = _flatten(old), _flatten(new)
-    return [f"{k} {a.get(k, '(none)')!r} -> {b.get(k, '(none)')!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]  # fmt: skip
+    return [
+        f"{k} {a.get(k, '(none)')!r} -> {b.get(k, '(none)')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
 
 
 def describe_differences(diff: list[str], limit: int = 6) -> str:

@@ -6,7 +6,7 @@ from _shared import fast_and_full_grads
 
 from prosv_lens.concepts import ConceptData
 from prosv_lens.directions import resid_post
-from prosv_lens.errors import PositionSpecError, TrainingDivergedError
+from prosv_lens.errors import PositionSpecError, RunMismatchError, TrainingDivergedError
 from prosv_lens.positions import PositionSpec
 from prosv_lens.prompts import encode_prompts
 from prosv_lens.training import TrainConfig, response_loss, train
@@ -129,7 +129,7 @@ def test_killed_run_resumes_identically(tiny, tmp_path):
         assert torch.equal(resumed.vectors[name].v, straight.vectors[name].v)
         assert torch.equal(resumed.vectors[name].alpha, straight.vectors[name].alpha)
         assert resumed.logs[name] == straight.logs[name]
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(RunMismatchError, match="settings.seed 42 -> 1"):
         train(tiny, [SEA, SKY], cfg.replace(seed=1), checkpoint_dir=tmp_path, progress=False)
 
 
@@ -318,7 +318,7 @@ def test_resume_ignores_speed_only_settings_but_not_numerics(tiny, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(tiny, SEA, cfg, checkpoint_dir=tmp_path, checkpoint_every=1,
               callbacks=[kill_at_step_2], progress=False)  # fmt: skip
-    with pytest.raises(ValueError, match="other settings"):  # the authors' bf16-parameter mode
+    with pytest.raises(RunMismatchError, match="settings.param_dtype"):  # the authors' bf16-parameter mode
         train(tiny, SEA, cfg.replace(param_dtype="model"), checkpoint_dir=tmp_path, progress=False)
     resumed = train(tiny, SEA, cfg.replace(logits_budget_mb=1, pad_multiple=8),
                     checkpoint_dir=tmp_path, progress=False)  # fmt: skip

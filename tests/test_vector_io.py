@@ -7,7 +7,7 @@ from prosv_lens.errors import VectorFileError, VectorMismatchError
 from prosv_lens.interventions import SteeringVector, run_with_steering
 from prosv_lens.models import make_tiny_model
 from prosv_lens.prompts import encode_prompts
-from prosv_lens.vector_io import load_vector, read_metadata, save_vector
+from prosv_lens.vector_io import _metadata_hash, load_vector, read_metadata, save_vector
 
 
 def _vector(model, **kw):
@@ -113,6 +113,10 @@ def test_bad_metadata_is_a_file_error(tiny, tmp_path):
     save_vector(_vector(tiny), tmp_path / "v")
     meta = json.loads((tmp_path / "v.json").read_text())
     meta["positions"] = "f2+banana"
+    (tmp_path / "v.json").write_text(json.dumps(meta))
+    with pytest.raises(VectorFileError, match="edited after saving"):
+        load_vector(tmp_path / "v")
+    meta["metadata_sha256"] = _metadata_hash(meta)  # a consistent file with a bad spec
     (tmp_path / "v.json").write_text(json.dumps(meta))
     with pytest.raises(VectorFileError, match="invalid metadata.*banana"):
         load_vector(tmp_path / "v")

@@ -10,16 +10,19 @@ would end alone (up to float rounding from padding to a common width).
 
 Runs are seeded and repeat bit for bit on CPU. With ``checkpoint_dir`` the full state (vectors,
 optimizer and schedule states, step, logs) is saved atomically every ``checkpoint_every`` steps,
-and a later call with the same directory and settings resumes exactly where it stopped. A NaN or
-exploding loss stops the run with :class:`~prosv_lens.errors.TrainingDivergedError` naming the
-step, the concept and the settings.
+and a later call with the same directory, model, data and settings resumes exactly where it
+stopped (anything else is refused; see :mod:`~prosv_lens.training.checkpoint`); the directory is
+locked while a run works in it. A NaN or exploding loss, a non-finite gradient or parameter, or
+an edit ``|alpha v|`` more than ``EDIT_LIMIT`` times the residual stream's median norm at the
+layer stops the run with :class:`~prosv_lens.errors.TrainingDivergedError` naming the step, the
+concept, the values and the settings.
 """
 
 import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +36,9 @@ from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import LoadedModel
 from prosv_lens.positions import PositionSpec
 from prosv_lens.prompts import TokenBatch, encode_prompts
+from prosv_lens.safe_io import RunLock, check_writable
 from prosv_lens.training.bounded_ce import rows_per_chunk
-from prosv_lens.training.checkpoint import resume, save_checkpoint, state_dict
+from prosv_lens.training.checkpoint import fingerprint, resume, save_checkpoint, state_dict
 from prosv_lens.training.config import TrainConfig
 from prosv_lens.training.fastpath import ResidualCache, UpperStack, build_residual_cache
 from prosv_lens.training.forward import gather_rows, logprobs_fast, logprobs_full
@@ -42,6 +46,11 @@ from prosv_lens.training.objectives import SequenceLogprobs, lang_loss, simpo_lo
 
 ACTIVATION_CAP_BYTES = 12 << 30  # a step's activations, whatever the device's free memory
 EXPLOSION = 100.0  # a loss above 100x max(1, its first-step value) has exploded
+# An edit |alpha v| above 1000x the median residual norm at the layer has exploded. Measured on
+# SmolLM2 (layer 12, median norm 150): the paper's init gives ~3x, trained vectors 0.4-1.2x, and
+# the largest grid cells (beta 64, c 32) ~200x; the loss, squashed by the model's normalisation,
+# stays finite long after alpha and v run away (alpha 33 -> 1.9e12 in four steps at lr 1e3).
+EDIT_LIMIT = 1000.0
 
 
 @dataclass(frozen=True)
@@ -283,6 +292,24 @@ class _Runner:
             )  # fmt: skip
         return logprobs_full(self.model, self.cfg.layer, rows, deltas)
 
+    def reference_resid_norm(self, rows: int = 8) -> float:
+        """Median norm of the unsteered residual at the layer over the real tokens of the first
+        ``rows`` examples: the scale the divergence guard compares the edit ``|alpha v|`` with."""
+        batch = self.batches[0]
+        n = min(rows, batch.batch_size)
+        seen: list[torch.Tensor] = []
+
+        def keep(resid: torch.Tensor, hook: object) -> None:  # noqa: ARG001 - TL hook signature
+            seen.append(resid.detach().float().norm(dim=-1))
+
+        ids, mask = batch.input_ids[:n].to(self.model.device), batch.attention_mask[:n]
+        with torch.no_grad():
+            self.model.bridge.run_with_hooks(
+                ids, attention_mask=mask.to(self.model.device),
+                fwd_hooks=[(self.model.hook_name(self.cfg.layer), keep)], return_type=None,
+            )  # fmt: skip
+        return float(seen[0].cpu()[mask.bool()].median())
+
     def _reference_logprobs(self) -> None:
         """Unsteered summed log-probs of winners and losers (fixed: computed once)."""
         with torch.no_grad():
@@ -364,7 +391,9 @@ def _diverged(cfg: TrainConfig, t: int, c: _Concept, what: str) -> TrainingDiver
     )
 
 
-def _update(cfg: TrainConfig, t: int, c: _Concept, loss: torch.Tensor) -> dict[str, float | int]:
+def _update(
+    cfg: TrainConfig, t: int, c: _Concept, loss: torch.Tensor, resid_norm: float
+) -> dict[str, float | int]:
     value = float(loss.detach())
     first = c.log[0]["loss"] if c.log else value
     if not math.isfinite(value) or value > EXPLOSION * max(1.0, abs(first)):
@@ -387,9 +416,18 @@ def _update(cfg: TrainConfig, t: int, c: _Concept, loss: torch.Tensor) -> dict[s
             c.v /= c.v.norm()
         if not (torch.isfinite(c.v).all() and torch.isfinite(c.alpha)):
             raise _diverged(cfg, t, c, "parameters became non-finite")
+        alpha, v_norm = float(c.alpha), float(c.v.norm())
+    edit = abs(alpha) * v_norm
+    if edit > EDIT_LIMIT * resid_norm:
+        raise _diverged(
+            cfg, t, c,
+            f"the edit |alpha v| = {edit:.3g} (alpha {alpha:.3g}, |v| {v_norm:.3g}) "
+            f"is {edit / resid_norm:.3g}x the median residual norm {resid_norm:.3g} at layer "
+            f"{cfg.layer} (limit {EDIT_LIMIT:g}x)",
+        )  # fmt: skip
     return {
-        "step": t, "epoch": t // c.steps_per_epoch, "loss": value, "alpha": float(c.alpha.detach()),
-        "v_norm": float(c.v.detach().norm()), "grad_norm_v": grad_v, "grad_alpha": grad_a,
+        "step": t, "epoch": t // c.steps_per_epoch, "loss": value, "alpha": alpha, "v_norm": v_norm,
+        "grad_norm_v": grad_v, "grad_alpha": grad_a,
         "lr_v": lrs["v"], "lr_alpha": lrs.get("alpha", 0.0),
     }  # fmt: skip
 
@@ -434,7 +472,10 @@ def train(
     """
     data = [data] if isinstance(data, ConceptData) else list(data)
     t0 = time.perf_counter()
-    with tf32_matmuls(cfg.tf32):
+    with ExitStack() as stack:
+        if checkpoint_dir is not None:  # writable and ours alone, before any work
+            stack.enter_context(RunLock(check_writable(checkpoint_dir, flag="checkpoint_dir")))
+        stack.enter_context(tf32_matmuls(cfg.tf32))
         runner = _Runner(model, data, cfg, cache_budget_bytes, cache_dir, micro_rows)
         try:
             return _run(runner, t0, checkpoint_dir, checkpoint_every, callbacks, progress)
@@ -453,7 +494,9 @@ def _run(
 ) -> TrainResult:
     model, cfg = runner.model, runner.cfg
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    start = resume(folder, cfg, runner.concepts) if folder is not None else 0
+    fp = fingerprint(model, cfg, [c.data for c in runner.concepts])
+    start = resume(folder, fp, runner.concepts) if folder is not None else 0
+    resid_norm = runner.reference_resid_norm()
     total = max(c.total_steps for c in runner.concepts)
     tokens = examples = 0
     bar = tqdm(
@@ -465,7 +508,8 @@ def _run(
         tokens += n_tok
         examples += sum(len(idx) for _, idx in plan)
         rows = {
-            c.data.name: _update(cfg, t, c, loss) for (c, _), loss in zip(plan, losses, strict=True)
+            c.data.name: _update(cfg, t, c, loss, resid_norm)
+            for (c, _), loss in zip(plan, losses, strict=True)
         }
         for (c, _), row in zip(plan, rows.values(), strict=True):
             c.log.append(row)
@@ -474,11 +518,11 @@ def _run(
             loss=f"{first['loss']:.3f}", alpha=f"{first['alpha']:.1f}", v=f"{first['v_norm']:.2f}"
         )
         if folder is not None and checkpoint_every and (t + 1) % checkpoint_every == 0:
-            save_checkpoint(folder, state_dict(cfg, runner.concepts, t + 1))
+            save_checkpoint(folder, state_dict(fp, runner.concepts, t + 1))
         for cb in callbacks:
             cb(t, rows)
     if folder is not None:
-        save_checkpoint(folder, state_dict(cfg, runner.concepts, total))
+        save_checkpoint(folder, state_dict(fp, runner.concepts, total))
     vectors = {
         c.data.name: SteeringVector(
             c.v.detach().cpu(), layer=cfg.layer, positions=cfg.positions, alpha=c.alpha.detach().cpu(),
