@@ -110,6 +110,13 @@ class LoadedModel:
         return int(self.bridge.cfg.n_layers)
 
     @property
+    def n_ctx(self) -> int:
+        """The longest token sequence the model takes (prompt plus any response or generated
+        tokens): TransformerLens' ``cfg.n_ctx``, read from the Hugging Face config's
+        ``max_position_embeddings`` (or its architecture's equivalent)."""
+        return int(self.bridge.cfg.n_ctx)
+
+    @property
     def device(self) -> torch.device:
         return next(self.bridge.parameters()).device
 

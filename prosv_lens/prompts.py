@@ -14,6 +14,13 @@ Guarantees:
 * **Role spans** give, per example, the absolute columns of the system content, the user content
   and the assistant prefix (the generation prompt), found by character offsets in the rendered
   text. A default system prompt that the template injects (SmolLM2 does) is found too.
+* **No silent blanks or overflows.** A blank prompt or response (empty or whitespace only) is
+  refused, naming its index: it carries no instruction or target, and a whitespace token trained
+  or judged as an answer would be a silently wrong result. With a :class:`LoadedModel`, a row
+  longer than the model's context (:attr:`LoadedModel.n_ctx`) is refused before any forward pass
+  rather than truncated: cutting a prompt would change what it asks. Exactly ``n_ctx`` tokens is
+  accepted. A bare tokenizer carries no reliable context length (``model_max_length`` is often a
+  placeholder), so with one the length is not checked.
 """
 
 from collections.abc import Mapping, Sequence
@@ -95,6 +102,29 @@ class TokenBatch:
         )
 
 
+def check_fits_context(batch: TokenBatch, n_ctx: int, new_tokens: int = 0) -> None:
+    """Refuse a batch whose longest row, plus ``new_tokens`` to generate, exceeds ``n_ctx``.
+
+    Rows are measured by their real tokens (padding is not a position), so a row of exactly
+    ``n_ctx - new_tokens`` tokens is accepted. Call it before any forward pass: a model run past
+    its context computes positions it was never trained on, without any error.
+
+    Raises:
+        PromptError: naming the longest offending row, its token count, the limit and the fix.
+    """
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    worst = max(range(len(lengths)), key=lengths.__getitem__)
+    n = int(lengths[worst])
+    if n + new_tokens <= n_ctx:
+        return
+    room = n_ctx - n
+    fix = f"lower max_new_tokens to {room} or shorten" if room > 0 else "shorten"
+    raise PromptError(
+        f"prompt {worst} has {n} tokens and max_new_tokens={new_tokens} would take it to "
+        f"{n + new_tokens}, more than the model's context of {n_ctx}: {fix} the prompt"
+    )
+
+
 def position_ids_from_mask(attention_mask: AttentionMask) -> Tokens:
     """``cumsum(mask) - 1`` clamped at 0: the position a token has in its unpadded sequence."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
@@ -128,10 +158,13 @@ def encode_prompts(
         A :class:`TokenBatch` on the CPU (move it with ``.to(device)``).
 
     Raises:
-        PromptError: empty prompt list or prompt, bad padding side, message lists without a chat
-            template, or a template that does not render messages as a prefix-stable string.
+        PromptError: empty prompt list, blank (empty or whitespace-only) prompt or response, bad
+            padding side, message lists without a chat template, a template that does not render
+            messages as a prefix-stable string, or (with a :class:`LoadedModel`) a row whose
+            tokens, prompt plus truncated response, exceed the model's context ``n_ctx``.
     """
     tokenizer = model.tokenizer if isinstance(model, LoadedModel) else model
+    n_ctx = model.n_ctx if isinstance(model, LoadedModel) else None
     if isinstance(prompts, str):
         prompts = [prompts]
     if not prompts:
@@ -155,6 +188,9 @@ def encode_prompts(
             _append(tokenizer, r, resp, i, max_response_tokens)
             for i, (r, resp) in enumerate(zip(rows, responses, strict=True))
         ]
+    if n_ctx is not None:
+        for i, r in enumerate(rows):
+            _check_context(r, i, n_ctx)
     return _pad(rows, tokenizer, padding_side)
 
 
@@ -166,9 +202,29 @@ class _Row:
     n_prompt: int = -1  # -1: every token is a prompt token
 
 
+def _check_context(row: _Row, index: int, n_ctx: int) -> None:
+    """Refuse a row longer than the model's context (``n_ctx`` tokens exactly is accepted)."""
+    if len(row.ids) <= n_ctx:
+        return
+    if row.n_prompt < 0:
+        raise PromptError(
+            f"prompt {index} has {len(row.ids)} tokens, more than the model's context of {n_ctx}: "
+            f"shorten or truncate it to at most {n_ctx} tokens"
+        )
+    raise PromptError(
+        f"example {index} has {len(row.ids)} tokens (prompt {row.n_prompt} + response "
+        f"{len(row.ids) - row.n_prompt}), more than the model's context of {n_ctx}: shorten the "
+        "prompt or the response, or truncate responses with max_response_tokens"
+    )
+
+
 def _append(
     tokenizer: PreTrainedTokenizerBase, row: _Row, response: str, index: int, limit: int | None
 ) -> _Row:
+    if not response.strip():
+        raise PromptError(
+            f"response {index} is empty or whitespace only: give every example a non-empty response"
+        )
     ids = tokenizer(response, add_special_tokens=False)["input_ids"][:limit]
     if not ids:
         raise PromptError(f"response {index} is empty (after truncation to {limit} tokens)")
@@ -184,8 +240,10 @@ def _encode_one(
     add_generation_prompt: bool,
 ) -> _Row:
     if isinstance(prompt, str):
-        if not prompt:
-            raise PromptError(f"prompt {index} is empty")
+        if not prompt.strip():
+            raise PromptError(
+                f"prompt {index} is empty or whitespace only: give a non-empty prompt"
+            )
         messages: list[Message] = [{"role": "user", "content": prompt}]
         if system is not None:
             messages.insert(0, {"role": "system", "content": system})
@@ -195,6 +253,11 @@ def _encode_one(
         if not messages or bad:
             raise PromptError(
                 f"prompt {index}: a message list needs dicts with 'role' and 'content'"
+            )
+        if not any(str(m["content"]).strip() for m in messages):
+            raise PromptError(
+                f"prompt {index} is empty or whitespace only: every message's content is blank; "
+                "give a non-empty message"
             )
     if use_template:
         text, char_spans = _render_chat(tokenizer, messages, add_generation_prompt, index)

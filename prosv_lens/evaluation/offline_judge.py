@@ -352,15 +352,17 @@ def response_nll(
     """Mean teacher-forced NLL (nats/token) of each response after its chat-formatted instruction.
 
     Right-padded batches, no gradient; the first ``max_response_tokens`` response tokens count.
-    An empty response (a steered model may stop at once) has no NLL: NaN, and its fluency is
-    rated by the text rules alone (an empty text rates 0). Does not modify the model. Shape ``(n,)``.
+    An empty or whitespace-only response (a steered model may stop at once) has no NLL: NaN, and
+    its fluency is rated by the text rules alone (an empty text rates 0); it is not encoded, since
+    :func:`~prosv_lens.prompts.encode_prompts` refuses blank responses. Does not modify the model.
+    Shape ``(n,)``.
     """
     config = config or OfflineJudgeConfig()
     out = np.full(len(responses), np.nan)
     scored = [
         i
         for i, r in enumerate(responses)
-        if model.tokenizer(r, add_special_tokens=False)["input_ids"]
+        if r.strip() and model.tokenizer(r, add_special_tokens=False)["input_ids"]
     ]
     step = config.nll_batch_size
     for start in range(0, len(scored), step):
