@@ -92,6 +92,7 @@ def test_partial_sweep_resumes_only_missing_cells(tiny, tmp_path, counted):
     (out / "b").mkdir()
     partial = {**first, "config": json.loads(json.dumps(POS.to_dict()))}
     (out / "b" / "sweep.json").write_text(json.dumps(partial))
+    (out / "b" / "inputs.json").write_text((out / "a" / "inputs.json").read_text())
     counted.clear()
     sweep = run_position_sweep(tiny, POS, out / "b", HashJudge())
     assert [c.positions for c in counted] == ["f2+l2"]

@@ -15,7 +15,10 @@
    the judged rows (``rows.jsonl``, resumable), the vectors and the figures.
 
 Every stage writes into the run folder; rerunning with the same ``--run`` folder resumes the
-judged generations instead of redoing them.
+judged generations instead of redoing them. The folder is locked while a run works in it, and
+it records what produced it (``fingerprint.json``: the settings and package version, checked
+before the model loads; ``inputs.json``: the model and the concept data): a resume with other
+settings, another model or other data is refused, so judged rows of different runs never mix.
 """
 
 import json
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from prosv_lens._version import __version__
 from prosv_lens.baselines import diffmean
 from prosv_lens.builder import concept_data
 from prosv_lens.concepts import (
@@ -56,7 +60,9 @@ from prosv_lens.evaluation.utility import (
 )
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import DEFAULT_MODEL, LoadedModel, load_model, parse_dtype
+from prosv_lens.safe_io import RunLock, check_fingerprint, check_writable, write_text
 from prosv_lens.training import TrainConfig, train
+from prosv_lens.training.checkpoint import data_hash, model_fingerprint
 from prosv_lens.vector_io import save_vector
 
 DIFFMEAN_FACTORS = (0.1, 0.2, 0.4, 0.8)  # x the median residual norm at the layer
@@ -132,11 +138,27 @@ def make_judge(kind: str, model: LoadedModel) -> Judge:
     return OfflineJudge(reference=model)
 
 
+def _fingerprint(cfg: DemoConfig) -> dict:
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "run")}
+    return {"kind": "demo", "settings": settings, "package_version": __version__}
+
+
 def run_demo(cfg: DemoConfig) -> Path:
-    """Run the pipeline; returns the run folder (``report.md``, ``results.json``, ...)."""
-    t0 = time.perf_counter()
+    """Run the pipeline; returns the run folder (``report.md``, ``results.json``, ...).
+
+    Raises:
+        OutputError: the folder cannot be written, or another run is working in it.
+        RunMismatchError: ``cfg.run`` holds a run with other settings, model or data.
+    """
     run = Path(cfg.run) if cfg.run else Path(cfg.out_dir) / time.strftime("demo-%Y%m%d-%H%M%S")
-    run.mkdir(parents=True, exist_ok=True)
+    check_writable(run, flag="--run" if cfg.run else "--out")
+    with RunLock(run):
+        check_fingerprint(run, _fingerprint(cfg), other="another --run")
+        return _run_demo(cfg, run)
+
+
+def _run_demo(cfg: DemoConfig, run: Path) -> Path:
+    t0 = time.perf_counter()
     st = _Stages(
         ["model", "data", "train", "baselines", "steering", "utility", "robustness", "report"]
     )
@@ -147,6 +169,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     data = st.run("data", lambda: concept_data(model, cfg.concept))
     if cfg.n_train is not None:
         data = data.subset(range(min(len(data), cfg.n_train)))
+    inputs = {"model": model_fingerprint(model), "judge": judge.name, "data": data_hash(data)}
+    check_fingerprint(run, inputs, name="inputs.json", other="another --run")
     vectors, logs = st.run("train", lambda: _train(model, data, layer, cfg))
     md = st.run("baselines", lambda: _diffmean(model, data, layer))
     direction = SteeringVector(
@@ -154,7 +178,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         chat_template_hash=model.chat_template_hash, info={"method": "diffmean", "concept": data.name},
     )  # fmt: skip
     for name, sv in {**vectors, "diffmean": direction}.items():
-        save_vector(sv, run / "vectors" / name)
+        save_vector(sv, run / "vectors" / name, overwrite=True)  # retrained identically on resume
     methods = [
         Method.unsteered(),
         Method.prompt(),
@@ -204,8 +228,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     st.run("report", lambda: _report(run, results))
     results["seconds"] = {**st.seconds, "total": round(time.perf_counter() - t0, 1)}
     st.bar.close()
-    (run / "results.json").write_text(json.dumps(results, indent=2))
-    (run / "report.md").write_text(render_report(results, log.rows))
+    write_text(run / "results.json", json.dumps(results, indent=2))
+    write_text(run / "report.md", render_report(results, log.rows))
     return run
 
 

@@ -27,10 +27,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from prosv_lens._version import __version__
 from prosv_lens.builder import concept_data
 from prosv_lens.concepts import builtin_instructions, load_axbench_concept
 from prosv_lens.concepts.data import ConceptData
-from prosv_lens.errors import ProsvError, SweepError, TrainingDivergedError  # noqa: F401 - re-exported
+from prosv_lens.errors import ProsvError, RunMismatchError, SweepError, TrainingDivergedError  # noqa: F401 - re-exported
 from prosv_lens.evaluation.judges import Judge
 from prosv_lens.evaluation.records import ResultLog
 from prosv_lens.evaluation.steering_eval import (
@@ -44,8 +45,9 @@ from prosv_lens.evaluation.steering_eval import (
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import DTYPES, LoadedModel
 from prosv_lens.positions import PositionSpec
-from prosv_lens.safe_io import write_json
+from prosv_lens.safe_io import RunLock, check_fingerprint, check_writable, write_json
 from prosv_lens.training import TrainConfig, response_loss, train
+from prosv_lens.training.checkpoint import data_hash, model_fingerprint
 from prosv_lens.training.config import OPTIMIZERS
 
 SWEEP_FILE = "sweep.json"
@@ -231,10 +233,28 @@ def run_sweep(model: LoadedModel, cfg: SweepConfig, out_dir: str | Path, judge: 
     Raises:
         SweepError: ``out_dir`` holds a sweep of another config or judge, or the concept has
             too few examples for ``n_train`` plus a held-out part.
+        RunMismatchError: ``out_dir`` holds a sweep of another model (weights, dtype), other
+            data or another package version (``inputs.json``), or one that recorded none.
+        OutputError: ``out_dir`` cannot be written, or another run is working in it.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable(out_dir)
+    with RunLock(out):
+        return _run_sweep(model, cfg, out, judge)
+
+
+def _run_sweep(model: LoadedModel, cfg: SweepConfig, out: Path, judge: Judge) -> dict:
     data = sweep_data(model, cfg)
+    inputs = {
+        "model": model_fingerprint(model),
+        "data": data_hash(data),
+        "package_version": __version__,
+    }
+    if (out / SWEEP_FILE).exists() and not (out / "inputs.json").exists():
+        raise RunMismatchError(
+            f"{out} holds a sweep that recorded no inputs (model weights, data; written by an "
+            "older prosv-lens): use a new out_dir, or delete the folder to start over"
+        )
+    check_fingerprint(out, inputs, name="inputs.json", other="a new out_dir")
     _check(cfg.n_train < len(data), f"concept {data.name!r} has {len(data)} examples: "
            f"n_train={cfg.n_train} leaves none held out; lower n_train")  # fmt: skip
     train_part, held_out = data.split(cfg.n_train)
