@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _faults import Holder
 
 import prosv_lens.experiments.reproduce as reproduce
 from prosv_lens.cli import main
-from prosv_lens.errors import DeviceFitError, ExperimentError, RunMismatchError
+from prosv_lens.errors import DeviceFitError, ExperimentError, RunLockedError, RunMismatchError
 from prosv_lens.evaluation.judges import Judge, JudgeItem, Rating
 from prosv_lens.experiments import (
     SETTINGS,
@@ -255,6 +256,15 @@ def test_a_killed_run_resumes_without_repeating_a_finished_concept(tiny, setting
     assert counted["evaluate"] == ["loops in code"]
     assert set(judge.calls) == {"loops in code"} and len(judge.calls) == 7 - 2
     assert _results(out) == _results(finished)  # the same results as the uninterrupted run
+
+
+def test_a_reproduction_folder_is_locked(tiny, setting, finished, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = _results(out)
+    with Holder(out), pytest.raises(RunLockedError, match="in use by another run"):
+        _run(tiny, setting, out)
+    assert _results(out) == before
 
 
 def test_a_different_fingerprint_is_refused(tiny, setting, finished, tmp_path, counted):

@@ -22,6 +22,7 @@ settings, another model or other data is refused, so judged rows of different ru
 """
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -37,6 +38,7 @@ from prosv_lens.concepts import (
     builtin_instructions,
 )
 from prosv_lens.demo.report import render_report, write_figures
+from prosv_lens.errors import ConfigError
 from prosv_lens.evaluation.judges import Judge
 from prosv_lens.evaluation.offline_judge import OfflineJudge
 from prosv_lens.evaluation.records import ResultLog
@@ -106,11 +108,38 @@ class DemoConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        """Raises ConfigError (DtypeError for ``dtype``) naming the field, value and fix."""
         parse_dtype(self.dtype)  # DtypeError naming the choices
         if self.judge not in ("offline", "llm"):
-            raise ValueError(f"judge must be 'offline' or 'llm', got {self.judge!r}")
-        if self.n_eval < 4 or self.epochs < 1 or self.n_kl_prompts < 1:
-            raise ValueError("n_eval must be >= 4, epochs and n_kl_prompts >= 1")
+            raise ConfigError(
+                f"judge must be 'offline' or 'llm', got {self.judge!r}: use --judge offline "
+                "(no network) or --judge llm"
+            )
+        for name in ("model", "concept"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{name} is blank ({value!r}): name a {name}")
+        for name, low in _DEMO_MINIMA.items():
+            value = getattr(self, name)
+            if value is None and name in _DEMO_OPTIONAL:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(
+                    f"{name} must be a whole number >= {low}, got {value!r}: pass "
+                    f"--{name.replace('_', '-')} {low} or more"
+                )
+
+
+_DEMO_MINIMA = {
+    "layer": 0,
+    "epochs": 1,
+    "n_train": 1,
+    "n_eval": 4,
+    "max_new_tokens": 1,
+    "n_utility": 1,
+    "n_kl_prompts": 1,
+}
+_DEMO_OPTIONAL = ("layer", "n_train", "n_utility")
 
 
 class _Stages:
@@ -151,10 +180,19 @@ def run_demo(cfg: DemoConfig) -> Path:
         RunMismatchError: ``cfg.run`` holds a run with other settings, model or data.
     """
     run = Path(cfg.run) if cfg.run else Path(cfg.out_dir) / time.strftime("demo-%Y%m%d-%H%M%S")
+    new = not run.exists()
     check_writable(run, flag="--run" if cfg.run else "--out")
-    with RunLock(run):
-        check_fingerprint(run, _fingerprint(cfg), other="another --run")
-        return _run_demo(cfg, run)
+    try:
+        with RunLock(run):
+            check_fingerprint(run, _fingerprint(cfg), other="another --run")
+            return _run_demo(cfg, run)
+    except BaseException:
+        if new and {p.name for p in run.iterdir()} <= _BOOKKEEPING:  # refused before any result
+            shutil.rmtree(run)
+        raise
+
+
+_BOOKKEEPING = {"fingerprint.json", "inputs.json", ".prosv.lock", ".prosv.lock.json"}
 
 
 def _run_demo(cfg: DemoConfig, run: Path) -> Path:
