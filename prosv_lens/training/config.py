@@ -93,6 +93,9 @@ class TrainConfig:
             (all(math.isfinite(x) and x > 0 for x in (self.beta, self.c, self.lr_v, self.lr_alpha)),
              "beta, c, lr_v and lr_alpha must be finite and > 0"),
             (self.clip_v is None or self.clip_v > 0, f"clip_v must be > 0 or None, got {self.clip_v}"),
+            (self.max_response_tokens is None or self.max_response_tokens >= 1,
+             f"max_response_tokens must be >= 1 or None, got {self.max_response_tokens}"),
+            (isinstance(self.seed, int) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}"),
             (isinstance(self.logits_budget_mb, int) and self.logits_budget_mb > 0,
              f"logits_budget_mb must be an int > 0, got {self.logits_budget_mb!r}"),
             (self.pad_multiple is None or (isinstance(self.pad_multiple, int) and self.pad_multiple >= 1),
@@ -127,7 +130,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+            raise ConfigError(f"unknown TrainConfig fields {sorted(unknown)}: remove them")
         return cls(**data)
 
     def replace(self, **changes: Any) -> "TrainConfig":
