@@ -1,8 +1,13 @@
-"""The demo's report: markdown tables with 95% CIs, sample answers, figures, from saved results."""
+"""The demo's report: markdown tables with 95% CIs, sample answers, figures, from saved results.
+
+The report states how many judge replies could not be parsed (rated 0) per suite, so scores from a
+judge that answered little usable are never shown as if they were normal.
+"""
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from prosv_lens.evaluation.steering_eval import judge_parse_failures
 from prosv_lens.figures.regenerate import evaluation_figures
 
 SUMMARY_METHODS = ("unsteered", "prompt", "diffmean", "prosv", "fssv")
@@ -22,8 +27,15 @@ def write_figures(folder: Path, results: dict) -> list[Path]:
     return [p for p in evaluation_figures(results, folder) if p.suffix == ".png"]
 
 
+def parse_failure_lines(rows: Sequence[dict]) -> list[str]:
+    """One markdown bullet per suite in ``rows``: its unparseable judge replies, rate and counts."""
+    suites = list(dict.fromkeys(r["suite"] for r in rows))
+    return [f"- {s}: {judge_parse_failures(rows, s).describe()}." for s in suites]
+
+
 def render_report(results: dict, rows: Sequence[dict]) -> str:
-    """Markdown: settings, the steering / utility / robustness tables, samples, timings."""
+    """Markdown: settings, the steering / utility / robustness tables, the judge's unparseable
+    replies, samples, timings."""
     steering = {s["method"]: s for s in results["steering"]}
     robust = {s["method"]: s for s in results["robustness"]}
     util = results["utility"]
@@ -62,6 +74,8 @@ def render_report(results: dict, rows: Sequence[dict]) -> str:
             f"| {m} | {results['alphas'][m]:.1f} | {_est(u['kl'])} | {_est(u['accuracy'])} | "
             f"{_est(robust[m]['overall']) if m in robust else '-'} |"
         )
+    lines += ["", "Judge replies, per suite:", ""]
+    lines += parse_failure_lines(rows)
     lines += ["", "## Sample answers (held-out instructions, test half)", ""]
     lines += ["| method | instruction | answer | rating c/i/f |", "|---|---|---|---|"]
     for m in SUMMARY_METHODS:

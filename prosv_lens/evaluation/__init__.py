@@ -6,7 +6,14 @@ from prosv_lens.evaluation.judge_validation import (
     format_validation,
     validate_offline_judge,
 )
-from prosv_lens.evaluation.judges import CRITERIA, Judge, JudgeItem, Rating, harmonic_mean
+from prosv_lens.evaluation.judges import (
+    CRITERIA,
+    Judge,
+    JudgeItem,
+    ParseFailures,
+    Rating,
+    harmonic_mean,
+)
 from prosv_lens.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
 from prosv_lens.evaluation.offline_judge import OfflineJudge, OfflineJudgeConfig
 from prosv_lens.evaluation.records import ResultFileError, ResultLog
@@ -19,6 +26,7 @@ from prosv_lens.evaluation.steering_eval import (
     MethodScore,
     evaluate_steering,
     format_scores,
+    judge_parse_failures,
     summarize,
     tasks_from,
 )
@@ -47,6 +55,7 @@ __all__ = [
     "LLMJudgeConfig",
     "Method",
     "MethodScore",
+    "ParseFailures",
     "Rating",
     "ResultFileError",
     "ResultLog",
@@ -54,6 +63,7 @@ __all__ = [
     "evaluate_steering",
     "format_scores",
     "harmonic_mean",
+    "judge_parse_failures",
     "parse_rating",
     "summarize",
     "tasks_from",

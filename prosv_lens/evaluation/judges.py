@@ -9,11 +9,16 @@ each response on AxBench's three criteria, each on the 0/1/2 scale:
 
 The per-response score is their harmonic mean, 0 if any rating is 0 (AxBench's rule), so a
 response must do all three to score.
+
+A judge that reads its ratings out of free text (the LLM judge) lists the criteria whose reply it
+could not parse under ``details["parse_failures"]``; those count as 0, AxBench's rule, so they
+must be counted and reported (:class:`ParseFailures`) or a judge that answers nothing usable would
+pass for a run where nothing steers. Judges that compute their ratings never fail to parse.
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 
 CRITERIA = ("concept", "instruct", "fluency")
 
@@ -33,7 +38,9 @@ class Rating:
 
     Attributes:
         concept / instruct / fluency: the three criteria (0 = no, 1 = somewhat, 2 = clearly).
-        details: judge-specific evidence (raw scores, parsed text), JSON-serialisable.
+        details: judge-specific evidence (raw scores, parsed text), JSON-serialisable; a judge
+            that parses replies lists the criteria it could not parse (rated 0) under
+            ``"parse_failures"``.
     """
 
     concept: float
@@ -52,6 +59,11 @@ class Rating:
         """Harmonic mean of the three ratings; 0 if any of them is 0."""
         return harmonic_mean(self.concept, self.instruct, self.fluency)
 
+    @property
+    def parse_failures(self) -> tuple[str, ...]:
+        """The criteria whose judge reply could not be parsed (rated 0); empty for most judges."""
+        return _parse_failures(self.details)
+
     def to_dict(self) -> dict:
         return {**asdict(self), "overall": self.overall}
 
@@ -61,6 +73,62 @@ class Rating:
             float(data["concept"]), float(data["instruct"]), float(data["fluency"]),
             data.get("details"),
         )  # fmt: skip
+
+
+def _parse_failures(details: Mapping | None) -> tuple[str, ...]:
+    if not isinstance(details, Mapping):
+        return ()
+    return tuple(c for c in details.get("parse_failures") or () if c in CRITERIA)
+
+
+@dataclass(frozen=True)
+class ParseFailures:
+    """How many judge replies could not be parsed, per criterion and overall.
+
+    Attributes:
+        replies: replies counted: one per criterion of each rated answer.
+        by_criterion: unparseable replies per criterion (each criterion present, 0 included).
+    """
+
+    replies: int = 0
+    by_criterion: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(CRITERIA, 0))
+
+    @property
+    def failed(self) -> int:
+        return sum(self.by_criterion.values())
+
+    @property
+    def rate(self) -> float:
+        """``failed / replies``; 0 when nothing was counted."""
+        return self.failed / self.replies if self.replies else 0.0
+
+    @classmethod
+    def count(cls, details: Iterable[Mapping | None]) -> "ParseFailures":
+        """Counted over ratings' ``details`` (or result rows' ``judge_details``), one per answer;
+        details without ``parse_failures`` (a judge that never fails to parse) count as parsed."""
+        by = dict.fromkeys(CRITERIA, 0)
+        n = 0
+        for d in details:
+            n += 1
+            for criterion in _parse_failures(d):
+                by[criterion] += 1
+        return cls(n * len(CRITERIA), by)
+
+    def to_dict(self) -> dict:
+        return {
+            "replies": self.replies,
+            "failed": self.failed,
+            "rate": self.rate,
+            "by_criterion": dict(self.by_criterion),
+        }
+
+    def describe(self) -> str:
+        """One line: ``3 of 36 judge replies (8.3%) could not be parsed (concept 2, ...)``."""
+        parts = ", ".join(f"{c} {self.by_criterion.get(c, 0)}" for c in CRITERIA)
+        return (
+            f"{self.failed} of {self.replies} judge replies ({self.rate:.1%}) could not be parsed "
+            f"and were rated 0 ({parts})"
+        )
 
 
 def harmonic_mean(*ratings: float) -> float:

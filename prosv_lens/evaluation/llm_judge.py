@@ -18,6 +18,14 @@ Contracts:
 * 429, 5xx, timeouts and connection errors are retried with exponential back-off and jitter,
   honouring ``Retry-After``; any other 4xx fails at once with a :class:`JudgeError` that says
   what to fix.
+* A judge that answers nothing usable stops the run instead of scoring everything 0: when more
+  than ``max_parse_failure_rate`` of the replies cannot be parsed, in one :meth:`LLMJudge.rate`
+  call or over all the judge's calls so far, once at least :data:`MIN_REPLIES_CHECKED` replies
+  are counted (one bad reply out of two is noise, not a broken judge), :meth:`LLMJudge.rate`
+  raises :class:`JudgeError` before returning any rating. The unparseable completions of that
+  call are dropped from the cache first (the parseable ones stay), so a rerun after fixing the
+  model or endpoint asks again rather than replaying them. Below the threshold the failures are
+  kept in each rating's details and reported as a rate by the summaries.
 """
 
 import hashlib
@@ -36,7 +44,7 @@ from pathlib import Path
 
 import httpx
 
-from prosv_lens.errors import JudgeError
+from prosv_lens.errors import ConfigError, JudgeError
 from prosv_lens.evaluation.judge_prompts import PROMPT_VERSION, judge_prompt, parse_rating
 from prosv_lens.evaluation.judges import CRITERIA, Judge, JudgeItem, Rating
 from prosv_lens.models import default_cache_dir
@@ -50,6 +58,33 @@ def _env_default(name: str, fallback: str) -> str:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+MAX_PARSE_FAILURE_RATE_ENV = "PROSV_JUDGE_MAX_PARSE_FAILURE_RATE"
+DEFAULT_MAX_PARSE_FAILURE_RATE = 0.2
+MIN_REPLIES_CHECKED = 12
+"""Replies (4 answers x 3 criteria) counted before the parse-failure rate can stop a run."""
+
+
+def check_parse_failure_rate(value: object, source: str = "max_parse_failure_rate") -> float:
+    """``value`` as a float if it is a rate in [0, 1]; else a :class:`ConfigError` naming
+    ``source`` (the setting or the environment variable it came from)."""
+    try:
+        rate = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        rate = float("nan")
+    if not 0.0 <= rate <= 1.0:  # also refuses NaN
+        raise ConfigError(
+            f"{source} must be a rate in [0, 1] (the share of judge replies that may be "
+            f"unparseable before the run stops), got {value!r}: use e.g. 0.2"
+        )
+    return rate
+
+
+def _env_parse_failure_rate() -> float:
+    value = os.environ.get(MAX_PARSE_FAILURE_RATE_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_PARSE_FAILURE_RATE
+    return check_parse_failure_rate(value, f"${MAX_PARSE_FAILURE_RATE_ENV}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +105,12 @@ class LLMJudgeConfig:
         concurrency: requests in flight at once (threads).
         cache_dir: completion cache; None means ``$PROSV_CACHE/judge`` or
             ``~/.cache/prosv_lens/judge``.
+        max_parse_failure_rate: the largest share of replies without a readable rating that is
+            tolerated (``$PROSV_JUDGE_MAX_PARSE_FAILURE_RATE`` or 0.2); above it
+            :meth:`LLMJudge.rate` raises :class:`JudgeError`. 1 never stops; 0 stops at the
+            first failure (once :data:`MIN_REPLIES_CHECKED` replies are counted). Checked to be
+            in [0, 1] when the judge is built (and when read from the environment). It changes
+            no rating, so it is not part of the judge's name or cache keys.
     """
 
     base_url: str = field(
@@ -84,6 +125,7 @@ class LLMJudgeConfig:
     backoff_s: float = 1.0
     concurrency: int = 8
     cache_dir: str | None = None
+    max_parse_failure_rate: float = field(default_factory=_env_parse_failure_rate)
 
     def __post_init__(self) -> None:
         if not re.match(r"https?://[^/\s]+", self.base_url):
@@ -160,6 +202,10 @@ class _CompletionCache:
         entry = {"key": key, "completion": completion, "rating": rating, "prompts": PROMPT_VERSION}
         write_text(self._path(key), json.dumps(entry))
 
+    def drop(self, key: str) -> None:
+        """Forget a completion (it will be fetched again); absent entries are fine."""
+        self._path(key).unlink(missing_ok=True)
+
 
 def cache_key(config: LLMJudgeConfig, prompt: str) -> str:
     """sha256 of (base_url, model, temperature, prompt): what decides the completion."""
@@ -196,13 +242,26 @@ class LLMJudge(Judge):
         config: endpoint, model and call settings; None uses the defaults (and env variables).
 
     :meth:`rate` makes at most three requests per distinct item (fewer when cached) and does not
-    mutate its input.
+    mutate its input. The judge counts the replies it could not parse over its lifetime
+    (:attr:`parse_failures`).
+
+    Raises:
+        ConfigError: ``config.max_parse_failure_rate`` is not in [0, 1].
     """
 
     def __init__(self, config: LLMJudgeConfig | None = None) -> None:
         self.config = config if config is not None else LLMJudgeConfig()
+        check_parse_failure_rate(self.config.max_parse_failure_rate)
         self.cache = _CompletionCache(self.config.resolved_cache_dir())
         self._checked = False
+        self._replies = 0
+        self._failed = 0
+        self._example = ""  # the latest unparseable reply, for the error message
+
+    @property
+    def parse_failures(self) -> tuple[int, int]:
+        """(unparseable replies, replies) over every :meth:`rate` call of this judge."""
+        return self._failed, self._replies
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -354,7 +413,9 @@ class LLMJudge(Judge):
         and whether it came from the cache, plus ``parse_failures`` (criteria counted as 0).
 
         Raises:
-            JudgeError: missing/rejected key, unreachable endpoint, or retries exhausted.
+            JudgeError: missing/rejected key, unreachable endpoint, retries exhausted, or more
+                than ``max_parse_failure_rate`` of the replies unparseable (see the module
+                docstring); then no rating is returned.
         """
         keys = [
             {cr: cache_key(self.config, judge_prompt(cr, item)) for cr in CRITERIA}
@@ -376,7 +437,38 @@ class LLMJudge(Judge):
             if not self._checked:
                 self.check()
             completions.update(self._fetch_all(missing))
-        return [self._rating(k, completions, cached) for k in keys]
+        ratings = [self._rating(k, completions, cached) for k in keys]
+        self._check_parse_failures(ratings, keys, completions)
+        return ratings
+
+    def _check_parse_failures(
+        self, ratings: Sequence[Rating], keys: Sequence[dict[str, str]], completions: dict[str, str]
+    ) -> None:
+        """Count this call's unparseable replies; raise :class:`JudgeError` past the threshold."""
+        failed = [keys[i][c] for i, r in enumerate(ratings) for c in r.parse_failures]
+        replies = len(CRITERIA) * len(ratings)
+        self._failed += len(failed)
+        self._replies += replies
+        if failed:
+            self._example = " ".join(completions[failed[0]].split())[:160]
+        limit = self.config.max_parse_failure_rate
+        too_many = [
+            (n, of)
+            for n, of in ((len(failed), replies), (self._failed, self._replies))
+            if of >= MIN_REPLIES_CHECKED and n / of > limit
+        ]
+        if not too_many:
+            return
+        for key in set(failed):
+            self.cache.drop(key)
+        n, of = too_many[0]
+        raise JudgeError(
+            f"{n} of {of} judge replies ({n / of:.0%}) could not be parsed (no 'Rating: [[N]]' "
+            f"line), more than max_parse_failure_rate={limit:g} allows; e.g. {self._example!r}. "
+            f"Check that the judge model ({self.config.model}, $PROSV_JUDGE_MODEL) at "
+            f"{self.config.base_url} answers in that format, or raise the threshold "
+            f"(${MAX_PARSE_FAILURE_RATE_ENV}); the unparseable replies were dropped from the cache"
+        )
 
     def _rating(
         self, keys: dict[str, str], completions: dict[str, str], cached: set[str]

@@ -12,14 +12,19 @@ Every judged answer is one row of a :class:`~prosv_lens.evaluation.records.Resul
 skips the rows already there, so a killed evaluation resumes without losing or repeating rows.
 The same runner scores robustness: the model answers a suppression prompt while the judge rates
 the answer against the original instruction (:class:`EvalTask` keeps both).
+
+Judge replies that could not be parsed are rated 0 (AxBench's rule); the summaries count them per
+criterion and report the rate (:class:`~prosv_lens.evaluation.judges.ParseFailures`), so a run
+scored by a judge that answered nothing usable cannot pass for a normal one. (The LLM judge also
+stops the run above its ``max_parse_failure_rate``.)
 """
 
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from prosv_lens.evaluation.judges import CRITERIA, Judge, JudgeItem, Rating
+from prosv_lens.evaluation.judges import CRITERIA, Judge, JudgeItem, ParseFailures, Rating
 from prosv_lens.evaluation.records import ResultLog
 from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
 from prosv_lens.generation import GenerationConfig, generate
@@ -293,6 +298,8 @@ class MethodScore:
 
     The CI is a bootstrap over concepts (each concept's mean over its answers) when there are
     several concepts, as AxBench reports, and over answers when there is one.
+    ``parse_failures`` counts the judge replies behind these answers that could not be parsed
+    (rated 0).
     """
 
     method: str
@@ -302,10 +309,24 @@ class MethodScore:
     overall: Estimate
     factors: dict[str, float | None]
     n_answers: int
+    parse_failures: ParseFailures = field(default_factory=ParseFailures)
 
     def to_dict(self) -> dict:
         out = {k: getattr(self, k).to_dict() for k in (*CRITERIA, "overall")}
-        return {"method": self.method, **out, "factors": self.factors, "n_answers": self.n_answers}
+        return {
+            "method": self.method,
+            **out,
+            "factors": self.factors,
+            "n_answers": self.n_answers,
+            "parse_failures": self.parse_failures.to_dict(),
+        }
+
+
+def judge_parse_failures(rows: Sequence[dict], suite: str | None = None) -> ParseFailures:
+    """Unparseable judge replies over the rows of ``suite`` (every suite if None), both splits."""
+    return ParseFailures.count(
+        r.get("judge_details") for r in rows if suite is None or r["suite"] == suite
+    )
 
 
 def summarize(rows: Sequence[dict], suite: str = "steering") -> list[MethodScore]:
@@ -318,25 +339,31 @@ def summarize(rows: Sequence[dict], suite: str = "steering") -> list[MethodScore
         concepts = list(dict.fromkeys(r["concept"] for r in mine))
         est = {}
         for name in (*CRITERIA, "overall"):
-            field = name if name == "overall" else f"score_{name}"
+            column = name if name == "overall" else f"score_{name}"
             if len(concepts) > 1:
-                per = [[r[field] for r in mine if r["concept"] == c] for c in concepts]
+                per = [[r[column] for r in mine if r["concept"] == c] for c in concepts]
                 est[name] = bootstrap_mean([sum(p) / len(p) for p in per])
             else:
-                est[name] = bootstrap_mean([r[field] for r in mine])
+                est[name] = bootstrap_mean([r[column] for r in mine])
         factors = {c: next(r["factor"] for r in mine if r["concept"] == c) for c in concepts}
-        scores.append(MethodScore(m, **est, factors=factors, n_answers=len(mine)))
+        failures = ParseFailures.count(r.get("judge_details") for r in mine)
+        scores.append(
+            MethodScore(m, **est, factors=factors, n_answers=len(mine), parse_failures=failures)
+        )
     return scores
 
 
 def format_scores(scores: Sequence[MethodScore]) -> str:
-    """A markdown table: concept / instruct / fluency / overall with 95% CIs per method."""
+    """A markdown table: concept / instruct / fluency / overall with 95% CIs per method, and the
+    share of judge replies that could not be parsed (rated 0)."""
     lines = [
-        "| method | concept | instruct | fluency | overall | factor | n |",
-        "|---|---|---|---|---|---|---|",
+        "| method | concept | instruct | fluency | overall | factor | n | unparsed replies |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in scores:
         factors = ", ".join("-" if f is None else f"{f:g}" for f in s.factors.values())
         cells = " | ".join(str(getattr(s, k)) for k in (*CRITERIA, "overall"))
-        lines.append(f"| {s.method} | {cells} | {factors} | {s.n_answers} |")
+        pf = s.parse_failures
+        unparsed = f"{pf.rate:.1%} ({pf.failed}/{pf.replies})"
+        lines.append(f"| {s.method} | {cells} | {factors} | {s.n_answers} | {unparsed} |")
     return "\n".join(lines)

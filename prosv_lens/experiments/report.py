@@ -3,9 +3,9 @@
 from collections.abc import Sequence
 
 from prosv_lens.concepts import AxBenchTrainingSet
-from prosv_lens.evaluation.judges import CRITERIA
+from prosv_lens.evaluation.judges import CRITERIA, ParseFailures
 from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
-from prosv_lens.evaluation.steering_eval import summarize
+from prosv_lens.evaluation.steering_eval import judge_parse_failures, summarize
 from prosv_lens.experiments.plan import (
     EFFICIENCY,
     GB,
@@ -105,7 +105,8 @@ def _over_concepts(values: Sequence[dict]) -> dict:
 def build_summary(setting: Setting, fingerprint: dict, results: Sequence[dict], rows: Sequence[dict],
                   unsteered_utility: dict) -> dict:  # fmt: skip
     """The per-setting table: each method's judged scores (CIs over concepts when there are
-    several) and utility, and each concept's scores per method."""
+    several) and utility, each concept's scores per method, and the judge replies that could not
+    be parsed (rated 0) over every judged row, selection half included."""
     scores = {s.method: s.to_dict() for s in summarize(rows)}
     methods = []
     for m in [m for m in METHODS if m in scores] + [m for m in scores if m not in METHODS]:
@@ -126,6 +127,7 @@ def build_summary(setting: Setting, fingerprint: dict, results: Sequence[dict], 
         "layer": fingerprint["layer"], "data_source": fingerprint["data_source"],
         "judge": fingerprint["judge"], "concepts": [[r["concept_id"], r["concept"]] for r in results],
         "methods": methods, "per_concept": per_concept, "fingerprint": fingerprint,
+        "judge_parse_failures": judge_parse_failures(rows).to_dict(),
     }  # fmt: skip
 
 
@@ -136,8 +138,20 @@ def _est(d: dict | None, digits: int = 3) -> str:
     return f"{e.mean:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
 
 
+def _unparsed(d: dict | None) -> str:
+    return "-" if d is None else f"{d['rate']:.1%} ({d['failed']}/{d['replies']})"
+
+
+def _parse_failure_line(d: dict | None) -> str:
+    if d is None:  # a summary written before parse failures were counted
+        return "Judge replies that could not be parsed: not recorded in this summary."
+    counts = ParseFailures(d["replies"], d["by_criterion"])
+    return f"Judge: {counts.describe()} (AxBench's rule); all judged rows, selection half included."
+
+
 def format_summary(summary: dict) -> str:
-    """The summary as markdown: the method table, then method x concept."""
+    """The summary as markdown: the method table (with each method's unparseable judge replies),
+    the overall unparseable-reply line, then method x concept."""
     n = len(summary["concepts"])
     over = "over concepts" if n > 1 else "over answers"
     lines = [
@@ -148,14 +162,17 @@ def format_summary(summary: dict) -> str:
         f"held-out instructions; 95% bootstrap CIs {over}. Utility: built-in task accuracy and "
         "KL damage (nats) under each method; DiffMean at its selected factor.",
         "",
-        "| method | concept | instruct | fluency | **overall** | utility accuracy | KL damage | mean alpha | answers |",  # fmt: skip
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | concept | instruct | fluency | **overall** | utility accuracy | KL damage | "
+        "mean alpha | answers | unparsed replies |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in summary["methods"]:
         alpha = "-" if m["alpha_mean"] is None else f"{m['alpha_mean']:.1f}"
         cells = " | ".join(_est(m[k]) for k in CRITERIA)
         lines.append(f"| {m['method']} | {cells} | **{_est(m['overall'])}** | "
-                     f"{_est(m['utility_accuracy'])} | {_est(m['kl'])} | {alpha} | {m['n_answers']} |")  # fmt: skip
+                     f"{_est(m['utility_accuracy'])} | {_est(m['kl'])} | {alpha} | {m['n_answers']} | "
+                     f"{_unparsed(m.get('parse_failures'))} |")  # fmt: skip
+    lines += ["", _parse_failure_line(summary.get("judge_parse_failures"))]
     lines += ["", "## Per concept", "", "| id | concept | method | concept | instruct | fluency | overall | factor |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in summary["per_concept"]:
