@@ -92,7 +92,14 @@ print(prosv, fssv, sep="\n")
 
 # %%
 index = run_attention_analysis(
-    model, prosv, prompts, RESULTS, max_new_tokens=N_TOKENS, compare={"fssv": fssv}, log=print
+    model,
+    prosv,
+    prompts,
+    RESULTS,
+    max_new_tokens=N_TOKENS,
+    compare={"fssv": fssv},
+    log=print,
+    overwrite=True,  # a rerun of the notebook replaces its own earlier results
 )
 for prompt, answer in zip(index["prompts"], index["answers"], strict=True):
     print(f"{prompt!r}\n  -> {answer!r}")

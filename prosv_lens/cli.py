@@ -112,14 +112,20 @@ _DEMO_FIELDS = ("concept", "layer", "epochs", "n_train", "n_eval", "max_new_toke
 
 
 def _cmd_judge_validate(args: argparse.Namespace) -> int:
+    from prosv_lens.concepts import axbench_concepts
     from prosv_lens.evaluation.judge_validation import format_validation, validate_offline_judge
     from prosv_lens.evaluation.offline_judge import OfflineJudge
+    from prosv_lens.safe_io import check_output_path, write_text
 
+    if args.json:
+        check_output_path(args.json, flag="--json")
+    for folder in args.axbench:  # every folder's concept list is read before the judge runs
+        axbench_concepts(folder)
     judge = OfflineJudge()  # one judge: embeddings are computed once across folders
     results = [validate_offline_judge(folder, judge) for folder in args.axbench]
     _out(format_validation(results))
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2))
+        write_text(args.json, json.dumps([r.to_dict() for r in results], indent=2))
     return 0
 
 
@@ -128,20 +134,21 @@ def _cmd_analyse(args: argparse.Namespace) -> int:
     from prosv_lens.concepts import builtin_instructions
     from prosv_lens.figures import regenerate_figures
     from prosv_lens.models import load_model
+    from prosv_lens.safe_io import check_output_path
     from prosv_lens.vector_io import load_vector
 
+    check_output_path(args.out, folder=True)
+    if args.figures:
+        check_output_path(args.figures, flag="--figures", folder=True)
+    pairs = [_name_and_path(item) for item in args.compare or []]
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     vector = load_vector(args.vector, model)
-    compare = {}
-    for item in args.compare or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ProsvError(f"--compare takes NAME=PATH (e.g. fssv=runs/x/fssv), got {item!r}")
-        compare[name] = load_vector(path, model)
+    compare = {name: load_vector(path, model) for name, path in pairs}
     prompts = args.prompts or list(builtin_instructions("eval")[: args.n_prompts])
     index = run_attention_analysis(
         model, vector, prompts, args.out, max_new_tokens=args.max_new_tokens,
         what=args.what, compare=compare or None, top_layers=args.top_layers, log=_out,
+        overwrite=args.force,
     )  # fmt: skip
     _out(f"results: {args.out} ({index['seconds']} s)")
     if args.figures:
@@ -150,9 +157,19 @@ def _cmd_analyse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _name_and_path(item: str) -> tuple[str, str]:
+    """``NAME=PATH`` of ``--compare`` split in two."""
+    name, sep, path = item.partition("=")
+    if not sep or not name or not path:
+        raise ConfigError(f"--compare takes NAME=PATH (e.g. fssv=runs/x/fssv), got {item!r}")
+    return name, path
+
+
 def _cmd_figures(args: argparse.Namespace) -> int:
     from prosv_lens.figures import regenerate_figures
+    from prosv_lens.safe_io import check_output_path
 
+    check_output_path(args.out, folder=True)
     for path in regenerate_figures(args.results, args.out):
         _out(str(path))
     return 0
@@ -165,11 +182,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from prosv_lens.evaluation.sweeps import format_sweep, load_sweep_config, run_sweep
     from prosv_lens.figures.regenerate import sweep_figures
     from prosv_lens.models import load_model
+    from prosv_lens.safe_io import check_output_path
 
     cfg = load_sweep_config(args.config)  # a bad config fails before the model loads
-    out = Path(args.out or Path("results") / Path(args.config).stem)
+    out = check_output_path(args.out or Path("results") / Path(args.config).stem, folder=True)
+    check_output_path(args.figures, flag="--figures", folder=True)
     t0 = time.perf_counter()
     model = load_model(cfg.model, device=args.device, dtype=cfg.dtype)
+    model.hook_name(cfg.layer)  # a layer the model lacks fails before the sweep's folder is made
     sweep = run_sweep(model, cfg, out, OfflineJudge(reference=model))
     _out(format_sweep(sweep))
     for path in sweep_figures(sweep, Path(args.figures), out.name + "_"):
@@ -180,11 +200,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from prosv_lens.claims import build_report, collect_claims, summary_table
+    from prosv_lens.safe_io import check_output_path, write_text
 
+    out = check_output_path(args.out)
     claims = collect_claims(args.results)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_report(args.results, claims))
+    write_text(out, build_report(args.results, claims))
     _out("\n".join(summary_table(claims)) + f"\n\nwrote {out}")
     return 0
 
@@ -193,6 +213,11 @@ def _cmd_build_concept(args: argparse.Namespace) -> int:
     from prosv_lens.builder import build_concept_data
     from prosv_lens.models import load_model
 
+    blank = [c for c in args.concepts if not c.strip()]
+    if blank:
+        raise ConfigError(
+            f"a concept name is blank ({blank[0]!r}): name each concept, e.g. 'the ocean'"
+        )
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     for concept in args.concepts:
         data = build_concept_data(model, concept)
@@ -207,11 +232,11 @@ def _cmd_positions(args: argparse.Namespace) -> int:
     from prosv_lens.positions import PositionSpec
     from prosv_lens.prompts import encode_prompts
 
+    specs = [PositionSpec.parse(text) for text in args.spec]  # every spec before any output
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     batch = encode_prompts(model, args.prompts, system=args.system)
-    for spec_text in args.spec:
-        spec = PositionSpec.parse(spec_text)
-        mask = spec.resolve(batch).mask
+    masks = [spec.resolve(batch).mask for spec in specs]
+    for spec, mask in zip(specs, masks, strict=True):
         _out(
             f"spec {spec}  ({'prompt-only' if spec.is_prompt_only else 'also every generated token'})"
         )
@@ -257,15 +282,21 @@ def _cmd_check_cache(args: argparse.Namespace) -> int:
     from prosv_lens.generation import check_cache_equivalence
     from prosv_lens.interventions import SteeringVector
     from prosv_lens.models import load_model
+    from prosv_lens.positions import PositionSpec
     from prosv_lens.prompts import encode_prompts
 
+    for spec in args.spec:  # every input is checked before the first line of output
+        PositionSpec.parse(spec)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     layer = args.layer if args.layer is not None else round(0.4 * model.n_layers)
+    model.hook_name(layer)
+    batches = {
+        side: encode_prompts(model, args.prompts, padding_side=side) for side in ("left", "right")
+    }
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(model.d_model, generator=gen)
     failed = 0
-    for side in ("left", "right"):
-        batch = encode_prompts(model, args.prompts, padding_side=side)
+    for side, batch in batches.items():
         floor = check_cache_equivalence(model, batch, (), max_new_tokens=args.max_new_tokens)
         _out(
             f"{side:5s} {'(no vector)':12s} max|diff| {floor.max_abs_diff:.2e}  (float noise floor)"
@@ -465,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="folder for the results and index.json")
     p.add_argument("--figures", default=None, help="also draw the figures into this folder")
+    p.add_argument("--force", action="store_true", help="replace an earlier analysis in --out")
     p.set_defaults(func=_cmd_analyse)
 
     p = sub.add_parser("figures", help="redraw every figure from saved results (no model)")

@@ -26,13 +26,30 @@ def _jsonl(tmp_path: Path) -> Path:
 
 
 def _train(tmp_path: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", "tiny", "--jsonl", str(_jsonl(tmp_path)), "--layer", "1",
-            "--epochs", "1", "--batch-size", "4", "--out", str(out), *extra]  # fmt: skip
+    return [
+        "train",
+        "--model",
+        "tiny",
+        "--jsonl",
+        str(_jsonl(tmp_path)),
+        "--layer",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_an_existing_vector_is_not_replaced_without_force(tmp_path, capsys, monkeypatch):
@@ -106,3 +123,34 @@ def test_concurrent_atomic_writes_never_share_a_temporary_file(tmp_path):
 
 def test_the_cli_module_keeps_no_private_slug_copy():
     assert not hasattr(cli, "_slug")  # one slug function: prosv_lens.concepts.concept_slug
+
+
+def test_an_analysis_folder_is_never_mixed_or_silently_replaced(tiny, tmp_path):
+    import torch
+
+    from prosv_lens.analysis import run_attention_analysis
+    from prosv_lens.interventions import SteeringVector
+
+    sv = SteeringVector(torch.ones(tiny.d_model), layer=0, alpha=2.0)
+    out = tmp_path / "analysis"
+    run_attention_analysis(tiny, sv, ["Hi there"], out, max_new_tokens=3, what=["flow", "lens"])
+    before = _digest(out)
+    with pytest.raises(OutputError, match="earlier analysis.*--force"):
+        run_attention_analysis(
+            tiny, sv.scaled(2.0), ["Hi there"], out, max_new_tokens=3, what=["flow"]
+        )
+    assert _digest(out) == before
+    run_attention_analysis(
+        tiny, sv.scaled(2.0), ["Hi there"], out, max_new_tokens=3, what=["flow"], overwrite=True
+    )
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {
+        "index.json",
+        "flow.json",
+        "flow.npz",
+    }  # the earlier run's lens results are gone, not mixed with the new flow
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="holds other files"):
+        run_attention_analysis(
+            tiny, sv, ["Hi there"], tmp_path / "other", max_new_tokens=3, overwrite=True
+        )

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from prosv_lens.errors import ResultFileError
+from prosv_lens.safe_io import atomic_write, write_text
 
 FORMAT_VERSION = 1
 R = TypeVar("R", bound="SavedResult")
@@ -55,9 +56,9 @@ class SavedResult:
             else:
                 meta[f.name] = value
         header = {"kind": type(self).__name__, "format_version": FORMAT_VERSION, "fields": meta}
-        json_path.write_text(json.dumps(header, indent=1, allow_nan=True))
-        with npz_path.open("wb") as fh:
-            np.savez_compressed(fh, **arrays)
+        # Arrays first, then the header that describes them; each file written atomically.
+        atomic_write(npz_path, lambda tmp: _savez(tmp, arrays))
+        write_text(json_path, json.dumps(header, indent=1, allow_nan=True))
         return json_path, npz_path
 
     @classmethod
@@ -106,3 +107,8 @@ class SavedResult:
             elif a != b:
                 return False
         return True
+
+
+def _savez(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)

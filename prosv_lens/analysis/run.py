@@ -31,29 +31,45 @@ from prosv_lens.analysis.attention_flow import attention_flow
 from prosv_lens.analysis.decay import effect_decay, prosv_vs_fssv
 from prosv_lens.analysis.knockout import knockout
 from prosv_lens.analysis.logit_lens import head_attribution, residual_diff_lens, vector_logit_lens
-from prosv_lens.analysis.paired import pair_sequences
+from prosv_lens.analysis.paired import PairedSequences, pair_sequences
 from prosv_lens.analysis.path_patching import path_patching
 from prosv_lens.analysis.results import SavedResult
+from prosv_lens.errors import ConfigError, OutputError
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import LoadedModel
 from prosv_lens.prompts import Prompt, TokenBatch
+from prosv_lens.safe_io import RunLock, check_writable, read_json, write_text
 
 ANALYSES = ("flow", "patching", "knockout", "decay", "lens", "heads")
 INDEX = "index.json"
 
 
 def _check(what: Sequence[str], max_new_tokens: int, top_layers: int) -> tuple[str, ...]:
-    if isinstance(what, str):
+    """The analyses to run, in :data:`ANALYSES` order.
+
+    Raises:
+        TypeError: ``what`` is a string.
+        ConfigError: ``what`` is empty or names an unknown analysis, or
+            ``max_new_tokens`` / ``top_layers`` is not a whole number in range.
+    """
+    if isinstance(what, str):  # a programming error, not user input: the CLI passes a list
         raise TypeError(f"what must be a sequence of analysis names, got the string {what!r}")
     unknown = sorted(set(what) - set(ANALYSES))
     if unknown or not what:
-        raise ValueError(f"unknown or no analyses {unknown or list(what)}; choose from {ANALYSES}")
-    if max_new_tokens < 2:
-        raise ValueError(
-            f"max_new_tokens must be >= 2 (a target per position), got {max_new_tokens}"
+        raise ConfigError(
+            f"unknown or no analyses {unknown or list(what)}: choose from {', '.join(ANALYSES)}"
         )
-    if top_layers < 0:
-        raise ValueError(f"top_layers must be >= 0, got {top_layers}")
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 2
+    ):
+        raise ConfigError(
+            f"max_new_tokens must be >= 2 (a target per position), got {max_new_tokens!r}: "
+            "pass --max-new-tokens 2 or more"
+        )
+    if isinstance(top_layers, bool) or not isinstance(top_layers, int) or top_layers < 0:
+        raise ConfigError(f"top_layers must be a whole number >= 0, got {top_layers!r}")
     return tuple(a for a in ANALYSES if a in what)
 
 
@@ -79,6 +95,7 @@ def run_attention_analysis(
     top_layers: int = 2,
     lens_k: int = 20,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run ``what`` on the steered greedy answers to ``prompts`` and save every result.
 
@@ -87,7 +104,9 @@ def run_attention_analysis(
         vector: the prompt-only vector to analyse (any position spec works; the analyses are
             about how an edit of some columns reaches the others).
         prompts: instructions (or a prompt batch); a handful keeps CPU runs to minutes.
-        out_dir: folder for the results and ``index.json`` (created; files are overwritten).
+        out_dir: folder for the results and ``index.json``: new or empty, or holding an earlier
+            analysis that ``overwrite`` allows to replace (its files are removed first, so
+            results of two runs never mix). Locked while the analysis runs.
         max_new_tokens: length cap of the greedy answers.
         what: analyses to run, from :data:`ANALYSES`.
         compare: extra vectors for ``decay`` (name -> vector, e.g. a trained FSSV of the same
@@ -96,17 +115,80 @@ def run_attention_analysis(
         top_layers: layers that get a per-head path-patching sweep.
         lens_k: promoted/suppressed tokens kept by the logit lenses.
         log: called with one line after each analysis (e.g. ``print``).
+        overwrite: replace the results of an earlier analysis in ``out_dir``.
 
     Returns:
         The index also written to ``out_dir/index.json``: ``{"vector", "prompts", "answers",
         "max_new_tokens", "results": {file stem: {"kind", "analysis", "seconds"}}, "seconds"}``.
         The model's weights are never modified and no hook stays attached.
+
+    Raises:
+        OutputError: ``out_dir`` holds other files, or an earlier analysis and not
+            ``overwrite``; it cannot be written; another run is working in it.
     """
     todo = _check(what, max_new_tokens, top_layers)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out, overwrite)
     t_start = time.perf_counter()
     seq = pair_sequences(model, prompts, vector, max_new_tokens=max_new_tokens)
+    check_writable(out)  # after the prompts and the vector proved usable
+    with RunLock(out):
+        _clear(out)
+        return _run_all(
+            model,
+            vector,
+            prompts,
+            out,
+            seq,
+            todo,
+            t_start,
+            max_new_tokens,
+            compare,
+            top_layers,
+            lens_k,
+            log,
+        )
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file, not a folder: choose another --out")
+    held = [p.name for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
+    if held and not (out / INDEX).exists():
+        raise OutputError(
+            f"{out} holds other files ({', '.join(sorted(held)[:3])}): choose an empty --out"
+        )
+    if held and not overwrite:
+        raise OutputError(
+            f"{out} holds an earlier analysis ({INDEX}): pass --force (overwrite=True) to "
+            "replace it, or choose another --out"
+        )
+
+
+def _clear(out: Path) -> None:
+    """Remove an earlier analysis's files (those its index names, then the index)."""
+    old = read_json(out / INDEX)
+    for stem in (old or {}).get("results", {}):
+        for suffix in (".json", ".npz"):
+            (out / f"{stem}{suffix}").unlink(missing_ok=True)
+    (out / INDEX).unlink(missing_ok=True)
+
+
+def _run_all(
+    model: LoadedModel,
+    vector: SteeringVector,
+    prompts: "TokenBatch | Sequence[Prompt]",
+    out: Path,
+    seq: PairedSequences,
+    todo: tuple[str, ...],
+    t_start: float,
+    max_new_tokens: int,
+    compare: Mapping[str, SteeringVector] | None,
+    top_layers: int,
+    lens_k: int,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """The analyses in ``todo`` on ``seq``, each saved as it finishes (see the caller)."""
     texts = prompts.texts if isinstance(prompts, TokenBatch) else tuple(map(str, prompts))
     index: dict[str, Any] = {
         "vector": _describe(vector),
@@ -130,7 +212,7 @@ def run_attention_analysis(
             "analysis": analysis,
             "seconds": seconds,
         }
-        (out / INDEX).write_text(json.dumps(index, indent=1))  # a partial run stays usable
+        write_text(out / INDEX, json.dumps(index, indent=1))  # a partial run stays usable
         if log:
             log(f"{stem}: {seconds} s")
 
@@ -157,5 +239,5 @@ def run_attention_analysis(
         for stem, run in steps[analysis]:
             keep(stem, analysis, run)
     index["seconds"] = round(time.perf_counter() - t_start, 1)
-    (out / INDEX).write_text(json.dumps(index, indent=1))
+    write_text(out / INDEX, json.dumps(index, indent=1))
     return index
