@@ -28,7 +28,13 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from prosv_lens.errors import OutputError, ResultFileError, RunLockedError, RunMismatchError
+from prosv_lens.errors import (
+    OutputError,
+    ProsvError,
+    ResultFileError,
+    RunLockedError,
+    RunMismatchError,
+)
 
 LOCK_FILE = ".prosv.lock"
 LOCK_INFO = ".prosv.lock.json"
@@ -81,6 +87,98 @@ def read_json(path: str | Path, *, missing_ok: bool = True) -> Any:
         raise ResultFileError(f"{path} cannot be read ({e.strerror or e})") from e
 
 
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type (``string``, ``number``, ``array``, ...)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    names = {str: "string", int: "number", float: "number", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def read_text_file(
+    path: str | Path,
+    *,
+    what: str,
+    error: type[ProsvError] = ResultFileError,
+    missing: type[ProsvError] | None = None,
+) -> str:
+    """The UTF-8 text of the file ``path`` (a leading byte-order mark is dropped).
+
+    Args:
+        path: the file.
+        what: what the user should pass instead, for the messages (``"a JSONL file of rows"``).
+        error: the error raised for a folder, an unreadable file or text that is not UTF-8.
+        missing: the error raised when ``path`` does not exist (default: ``error``).
+
+    Raises:
+        ``missing`` / ``error``: one line naming the file (and for bad bytes the 1-based line).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise (missing or error)(f"{path} not found: pass {what}") from None
+    except IsADirectoryError:
+        raise error(f"{path} is a folder, not a file: pass {what}") from None
+    except OSError as e:
+        raise error(
+            f"{path} cannot be read ({type(e).__name__}: {e.strerror or e}): check its "
+            f"permissions, or pass {what}"
+        ) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise error(
+            f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x}): save the file as UTF-8"
+        ) from None
+
+
+def parse_json_text(
+    text: str, path: str | Path, *, fix: str, error: type[ProsvError] = ResultFileError
+) -> Any:
+    """One JSON document read from ``path``; ``fix`` ends the message of an empty or broken file.
+
+    Raises:
+        ``error``: ``path`` is empty, or ``PATH:LINE: not valid JSON (...)`` (1-based line).
+    """
+    if not text.strip():
+        raise error(f"{path} is empty: {fix}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(
+            f"{path}:{e.lineno}: not valid JSON ({e.msg}: column {e.colno}): {fix}"
+        ) from None
+
+
+def parse_jsonl_text(
+    text: str, path: str | Path, *, fix: str, error: type[ProsvError] = ResultFileError
+) -> list[tuple[int, Any]]:
+    """``(line number, value)`` for each non-blank line of a JSON-lines file.
+
+    Line numbers are 1-based physical lines (blank lines are counted, only ``\\n`` ends a line).
+
+    Raises:
+        ``error``: the file has no non-blank line, or ``PATH:LINE: not valid JSON (...)``.
+    """
+    rows = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise error(
+                f"{path}:{number}: not valid JSON ({e.msg}: column {e.colno}): {fix}"
+            ) from None
+    if not rows:
+        raise error(f"{path} is empty (no JSON lines): {fix}")
+    return rows
+
+
 def sha256_json(data: Any) -> str:
     """sha256 of the canonical JSON of ``data`` (sorted keys, no spaces)."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
@@ -119,6 +217,30 @@ def check_writable(folder: str | Path, *, flag: str = "--out", create: bool = Tr
             f"{folder} is not writable ({type(e).__name__}: {e.strerror or e}): choose another {flag}"
         ) from e
     return folder
+
+
+def check_output_path(path: str | Path, *, flag: str = "--out", folder: bool = False) -> Path:
+    """Check, creating nothing, that ``path`` can be written: as a file, or with ``folder`` as a
+    folder (new, or reused). Its nearest existing ancestor must be a writable folder.
+
+    Raises:
+        OutputError: ``path`` is of the other kind, lies under a file, or cannot be written;
+            the message names the path and the option to change (``flag``).
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a folder, not a file" if path.is_dir() else "a file, not a folder"
+        raise OutputError(f"{path} is {kind}: choose another {flag}")
+    nearest = next(p for p in (path, *path.parents) if p.exists())
+    if nearest == path and not folder:
+        nearest = path.parent
+    if not nearest.is_dir():
+        raise OutputError(
+            f"{nearest} is a file, so {path} cannot be created under it: choose another {flag}"
+        )
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise OutputError(f"{nearest} is not writable: choose another {flag}")
+    return path
 
 
 class RunLock:

@@ -78,7 +78,7 @@ def test_jsonl_loader_and_splits(tmp_path):
     train_part, held = data.split(3)
     assert train_part.prompts == ("p0", "p1", "p2") and held.negatives == ("n3", "n4")
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "x"}))
-    with pytest.raises(ValueError, match="needs 'prompt' and 'response'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'response' is missing"):
         load_jsonl_concept(tmp_path / "bad.jsonl")
 
 

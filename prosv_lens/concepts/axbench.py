@@ -1,6 +1,5 @@
 """AxBench data: the release and hub layouts, a concept's training set, latent-eval rows."""
 
-import json
 import os
 from contextlib import suppress
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from prosv_lens.concepts.data import (
     ConceptFileNotFoundError,
     UnknownConceptError,
 )
+from prosv_lens.safe_io import json_type, parse_jsonl_text, read_text_file
 
 _HUB_PREFIX = "hf:"
 _TRAIN_COLUMNS = ("input", "output", "concept_genre", "category", "concept_id")
@@ -62,8 +62,9 @@ def resolve_axbench(source: "str | Path | AxBenchFolder") -> AxBenchFolder:
         return _download_axbench(source[len(_HUB_PREFIX) :])
     root = Path(source).expanduser()
     if not root.is_dir():
+        state = "is a file, not a folder" if root.exists() else "does not exist"
         raise ConceptFileNotFoundError(
-            f"AxBench folder {root} does not exist: pass a folder holding metadata.jsonl + "
+            f"AxBench folder {root} {state}: pass a folder holding metadata.jsonl + "
             f"train_data.parquet (AxBench repository) or train/data.parquet (Hugging Face "
             f"release), or a hub source such as 'hf:pyvene/axbench-concept10/2b/l10'."
         )
@@ -165,11 +166,7 @@ def axbench_concepts(folder: "str | Path | AxBenchFolder") -> list[dict]:
     """
     src = resolve_axbench(folder)
     if src.layout == "release":
-        path = src.root / "metadata.jsonl"
-        try:
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise ConceptDataError(f"{path} is not valid JSON lines ({e}).") from e
+        return _read_metadata(src.root / "metadata.jsonl")
     df = _read_parquet(src.train_file, "training data")
     if "output_concept" not in df.columns:
         raise ConceptDataError(f"{src.train_file} lacks the 'output_concept' column.")
@@ -182,6 +179,55 @@ def axbench_concepts(folder: "str | Path | AxBenchFolder") -> list[dict]:
         }
         for r in pos.itertuples()
     ]
+
+
+_METADATA_FIX = (
+    'each line must be an AxBench concept like {"concept_id": 0, "concept": "...", '
+    '"concept_genres_map": {"...": ["text"]}}: download the configuration again'
+)
+
+
+_METADATA_FIELDS = (
+    ("concept_id", int, "a whole number"),
+    ("concept", str, "a string"),
+    ("concept_genres_map", dict, "an object"),
+)
+
+
+def _read_metadata(path: Path) -> list[dict]:
+    """The rows of a release-layout ``metadata.jsonl``, each checked for the fields used here.
+
+    Raises:
+        ConceptDataError: ``FILE:LINE: ...`` naming the field, or an empty, unreadable or
+            non-UTF-8 file.
+    """
+    text = read_text_file(
+        path,
+        what="an AxBench metadata.jsonl",
+        error=ConceptDataError,
+        missing=ConceptFileNotFoundError,
+    )
+    rows = parse_jsonl_text(text, path, fix=_METADATA_FIX, error=ConceptDataError)
+    for line, row in rows:
+        problem = _metadata_problem(row)
+        if problem:
+            raise ConceptDataError(f"{path}:{line}: {problem}: {_METADATA_FIX}")
+    return [row for _, row in rows]
+
+
+def _metadata_problem(row: object) -> str | None:
+    """What is wrong with one metadata row (``None``: nothing)."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got the {json_type(row)}"
+    for field, kind, name in _METADATA_FIELDS:
+        if field not in row:
+            return f"field {field!r} is missing"
+        if not isinstance(row[field], kind) or isinstance(row[field], bool):
+            return f"field {field!r} must be {name}, got the {json_type(row[field])}"
+    genres = row["concept_genres_map"].get(row["concept"])
+    if not isinstance(genres, list) or not genres or not isinstance(genres[0], str):
+        return f"field 'concept_genres_map' has no list of genres for {row['concept']!r}"
+    return None
 
 
 def _concept_meta(src: AxBenchFolder, concept_id: int) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from prosv_lens.errors import (  # noqa: F401 - re-exported
     UnknownConceptError,
 )
 from prosv_lens.prompts import Prompt
+from prosv_lens.safe_io import json_type, parse_jsonl_text, read_text_file
 
 
 @dataclass(frozen=True)
@@ -49,26 +50,89 @@ class ConceptData:
         return self.subset(range(n_train)), self.subset(range(n_train, len(self)))
 
 
-def load_jsonl_concept(path: str | Path, name: str | None = None) -> ConceptData:
-    """Rows ``{"prompt", "response"[, "negative"]}``; the concept name defaults to the file stem."""
-    path = Path(path)
-    if not path.exists():
-        raise ConceptFileNotFoundError(f"{path} not found: pass a JSONL file of concept rows.")
-    try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise ConceptDataError(f"{path} is not valid JSON lines ({e}).") from e
-    bad = [i for i, r in enumerate(rows) if not {"prompt", "response"} <= set(r)]
-    if not rows or bad:
+_JSONL_WHAT = 'a JSONL file of {"prompt": ..., "response": ...[, "negative": ...]} rows'
+_EXAMPLE_ROW = '{"prompt": "Name a colour.", "response": "Blue, like the sea."}'
+
+
+def _text_field(path: Path, line: int, row: dict, field: str) -> str:
+    value = row[field]
+    if not isinstance(value, str):
         raise ConceptDataError(
-            f"{path}: every line needs 'prompt' and 'response' (bad lines: {bad[:5]})"
+            f"{path}:{line}: field {field!r} must be a string, got the {json_type(value)} "
+            f"{json.dumps(value)[:40]}: write the text in quotes"
         )
-    negs = tuple(r["negative"] for r in rows) if all("negative" in r for r in rows) else None
+    if not value.strip():
+        raise ConceptDataError(f"{path}:{line}: field {field!r} is blank: give it some text")
+    return value
+
+
+def _prompt_field(path: Path, line: int, row: dict) -> Prompt:
+    """A prompt: a non-blank string, or a non-empty list of ``{"role", "content"}`` messages."""
+    value = row["prompt"]
+    if not isinstance(value, list):
+        return _text_field(path, line, row, "prompt")
+    if not value or not all(_is_message(m) for m in value):
+        raise ConceptDataError(
+            f"{path}:{line}: field 'prompt' is a list but not of "
+            '{"role": ..., "content": ...} messages: give a string or such a list'
+        )
+    return value
+
+
+def _is_message(item: object) -> bool:
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("role"), str)
+        and isinstance(item.get("content"), str)
+    )
+
+
+def load_jsonl_concept(path: str | Path, name: str | None = None) -> ConceptData:
+    """A concept from a JSON-lines file; the concept name defaults to the file stem.
+
+    Each non-blank line is an object with ``"prompt"`` (a string, or a list of
+    ``{"role", "content"}`` messages) and ``"response"`` (a string), and optionally
+    ``"negative"`` (a string: the neutral response, SimPO's loser). ``negative`` is all or
+    nothing: given on every line, or on none (a file where some lines lack it is refused, naming
+    the first such line, rather than silently dropping it everywhere). Other fields are ignored.
+
+    Raises:
+        ConceptFileNotFoundError: ``path`` does not exist.
+        ConceptDataError: one line naming the problem: ``FILE:LINE: ...`` (1-based physical line
+            numbers, blank lines counted) with the field for a malformed row, or an empty file,
+            a folder, an unreadable file, text that is not UTF-8.
+    """
+    path = Path(path)
+    text = read_text_file(
+        path, what=_JSONL_WHAT, error=ConceptDataError, missing=ConceptFileNotFoundError
+    )
+    fix = f"each line must be one JSON object like {_EXAMPLE_ROW}"
+    rows = parse_jsonl_text(text, path, fix=fix, error=ConceptDataError)
+    prompts, responses, negatives = [], [], []
+    with_negative = [line for line, row in rows if isinstance(row, dict) and "negative" in row]
+    for line, row in rows:
+        if not isinstance(row, dict):
+            raise ConceptDataError(
+                f"{path}:{line}: expected a JSON object, got the {json_type(row)} "
+                f"{json.dumps(row)[:40]}: {fix}"
+            )
+        lacking = [f for f in ("prompt", "response") if f not in row]
+        if lacking:
+            raise ConceptDataError(
+                f"{path}:{line}: field {lacking[0]!r} is missing (the line has "
+                f"{sorted(row) or 'no fields'}): {fix}"
+            )
+        prompts.append(_prompt_field(path, line, row))
+        responses.append(_text_field(path, line, row, "response"))
+        if with_negative and "negative" not in row:
+            raise ConceptDataError(
+                f"{path}:{line}: field 'negative' is missing, but line {with_negative[0]} has "
+                "one: give 'negative' on every line or on none"
+            )
+        if with_negative:
+            negatives.append(_text_field(path, line, row, "negative"))
     return ConceptData(
-        name or path.stem,
-        tuple(r["prompt"] for r in rows),
-        tuple(r["response"] for r in rows),
-        negs,
+        name or path.stem, tuple(prompts), tuple(responses), tuple(negatives) or None
     )
 
 
