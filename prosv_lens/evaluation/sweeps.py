@@ -25,7 +25,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, get_args, get_origin
 
 from prosv_lens._version import __version__
 from prosv_lens.builder import concept_data
@@ -45,7 +46,15 @@ from prosv_lens.evaluation.steering_eval import (
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import DTYPES, LoadedModel
 from prosv_lens.positions import PositionSpec
-from prosv_lens.safe_io import RunLock, check_fingerprint, check_writable, write_json
+from prosv_lens.safe_io import (
+    RunLock,
+    check_fingerprint,
+    check_writable,
+    json_type,
+    parse_json_text,
+    read_text_file,
+    write_json,
+)
 from prosv_lens.training import TrainConfig, response_loss, train
 from prosv_lens.training.checkpoint import data_hash, model_fingerprint
 from prosv_lens.training.config import OPTIMIZERS
@@ -60,11 +69,47 @@ def _check(ok: bool, message: str) -> None:
         raise SweepError(message)
 
 
+_TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string"}
+
+
+def _type_problem(value: Any, kind: Any) -> str | None:
+    """How ``value`` fails the field type ``kind`` (``int``, ``str | None``,
+    ``tuple[float, ...]``, ...), or ``None`` if it does not. Booleans are not numbers."""
+    if get_origin(kind) is UnionType:
+        if value is None:
+            return None
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    if get_origin(kind) is tuple:
+        item = get_args(kind)[0]
+        if not isinstance(value, tuple) or any(_type_problem(x, item) for x in value):
+            return f"must be a list of {_TYPE_NAMES[item].removeprefix('a ')}s"
+        return None
+    if isinstance(value, bool) and kind is not bool:
+        ok = False
+    elif kind is float:
+        ok = isinstance(value, (int, float))
+    else:
+        ok = isinstance(value, kind)
+    return None if ok else f"must be {_TYPE_NAMES[kind]}"
+
+
+def _check_type(name: str, value: Any, kind: Any) -> None:
+    """Raises SweepError naming the field and value if ``value`` is not of type ``kind``."""
+    problem = _type_problem(value, kind)
+    _check(problem is None, f"{name} {problem}, got {json.dumps(value, default=repr)}")
+
+
+def _check_types(cfg: Any) -> None:
+    """Every field of ``cfg`` of its declared type (a JSON config can hold anything)."""
+    for f in fields(cfg):
+        _check_type(f.name, getattr(cfg, f.name), f.type)
+
+
 def _common_checks(cfg: Any) -> None:
-    _check(
-        isinstance(cfg.layer, int) and cfg.layer >= 0,
-        f"layer must be an int >= 0, got {cfg.layer!r}",
-    )
+    _check_types(cfg)
+    _check(cfg.layer >= 0, f"layer must be >= 0, got {cfg.layer!r}")
+    for name in ("model", "concept"):
+        _check(bool(getattr(cfg, name).strip()), f"{name} must not be blank")
     _check(cfg.epochs >= 1 and cfg.batch_size >= 1, "epochs and batch_size must be >= 1")
     _check(cfg.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     _check(cfg.n_train >= 1, f"n_train must be >= 1, got {cfg.n_train}")
@@ -85,14 +130,21 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     _check(not unknown, f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
     _check(data.get("kind", cls.kind) == cls.kind,
            f"{cls.__name__} needs kind {cls.kind!r}, got {data.get('kind')!r}")  # fmt: skip
-    kinds = {f.name: str(f.type) for f in fields(cls)}
+    kinds = {f.name: f.type for f in fields(cls)}
+    values = {k: _from_json(v, kinds[k]) for k, v in data.items() if k != "kind"}
+    for k, v in values.items():  # before the constructor, whose arguments may be type-checked
+        _check_type(k, v, kinds[k])
+    return cls(**values)
 
-    def value(k: str, v: Any) -> Any:  # JSON gives lists, and ints where floats are meant
-        if kinds[k] == "tuple[float, ...]":
-            return tuple(float(x) for x in v)
-        return tuple(v) if kinds[k].startswith("tuple") else v
 
-    return cls(**{k: value(k, v) for k, v in data.items() if k != "kind"})
+def _from_json(value: Any, kind: Any) -> Any:
+    """``value`` as field type ``kind`` wants it: JSON gives lists for tuples, and ints where
+    floats are meant; anything else is left for :func:`_check_type` to name."""
+    if get_origin(kind) is not tuple or not isinstance(value, list):
+        return value
+    if get_args(kind)[0] is float:
+        return tuple(float(x) if _type_problem(x, float) is None else x for x in value)
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -198,8 +250,18 @@ CONFIG_KINDS: dict[str, type] = {c.kind: c for c in (HeatmapConfig, PositionSwee
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
-    """A sweep config from a JSON file; its ``kind`` (``heatmap``/``positions``) picks the class."""
-    data = json.loads(Path(path).read_text())
+    """A sweep config from a JSON file; its ``kind`` (``heatmap``/``positions``) picks the class.
+
+    Raises:
+        SweepError: one line naming the problem: a missing, empty, unreadable or non-UTF-8
+            file, ``FILE:LINE: not valid JSON``, an unknown field, or a field of the wrong type
+            or out of its range (named with its value).
+    """
+    fix = 'write one JSON object such as {"kind": "heatmap", "betas": [0.5, 2.0]}'
+    what = "a sweep config (.json), e.g. configs/heatmap_small.json"
+    text = read_text_file(path, what=what, error=SweepError)
+    data = parse_json_text(text, path, fix=fix, error=SweepError)
+    _check(isinstance(data, dict), f"{path} holds a JSON {json_type(data)}, not an object: {fix}")
     _check(isinstance(data, dict) and data.get("kind") in CONFIG_KINDS,
            f"{path}: a sweep config needs \"kind\" set to one of {sorted(CONFIG_KINDS)}")  # fmt: skip
     return CONFIG_KINDS[data["kind"]].from_dict(data)
