@@ -32,7 +32,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from prosv_lens.errors import DtypeError, ModelLoadError
+from prosv_lens.errors import ConfigError, DtypeError, ModelLoadError
 from prosv_lens.types import HookName
 
 log = logging.getLogger(__name__)
@@ -146,8 +146,8 @@ class LoadedModel:
 
     def hook_name(self, layer: int) -> HookName:
         """``blocks.{layer}.hook_resid_post``, after checking ``layer`` exists in this model."""
-        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
-            raise ValueError(
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise ConfigError(
                 f"layer {layer!r} is out of range for {self.model_id}, which has "
                 f"{self.n_layers} layers: use 0..{self.n_layers - 1}."
             )
@@ -186,11 +186,42 @@ def parse_dtype(dtype: "str | torch.dtype") -> torch.dtype:
     )
 
 
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means CUDA when present, else CPU."""
+    """The device to load onto; ``None`` means CUDA when present, else CPU.
+
+    Raises:
+        ModelLoadError: ``device`` is not a device name, or names a device this machine lacks
+            (CUDA without a GPU or a CUDA build of torch, an index past the last GPU, MPS off
+            Apple silicon).
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(
+            f"{device!r} is not a device: use {', '.join(_DEVICE_TYPES)} or cuda:N"
+        ) from None
+    if dev.type not in _DEVICE_TYPES:
+        raise ModelLoadError(
+            f"device {device!r} is not supported here: use {', '.join(_DEVICE_TYPES)} or cuda:N"
+        )
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "none found"
+            raise ModelLoadError(f"device {device!r}: no CUDA device here ({why}): use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ModelLoadError(
+                f"device {device!r}: this machine has {count} CUDA device(s): use cuda:0.."
+                f"cuda:{count - 1}"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r}: MPS is not available here: use cpu")
+    return dev
 
 
 def load_model(
@@ -227,12 +258,13 @@ def load_model(
         return _boot_folder(folder, model_id=name, device=device, dtype=dtype)
     local = Path(name).expanduser()
     if local.is_dir():
-        if not (local / "config.json").exists():
-            raise ModelLoadError(
-                f"{local} is a folder but has no config.json: point load_model at a Hugging Face "
-                "checkpoint folder (config.json, weights, tokenizer files)."
-            )
+        _check_config(local)
         return _boot_folder(local, model_id=str(local.resolve()), device=device, dtype=dtype)
+    if local.exists():
+        raise ModelLoadError(
+            f"{local} is a file: pass a checkpoint folder (config.json, weights, tokenizer "
+            f"files), an embedded model ({', '.join(EMBEDDED_MODELS)}) or {TINY_MODEL!r}."
+        )
     return _boot_hub(name, device=device, dtype=dtype)
 
 
@@ -243,16 +275,47 @@ def _freeze(bridge: TransformerBridge) -> TransformerBridge:
     return bridge
 
 
+def _first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` of a third-party error, for a one-line message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _check_config(folder: Path) -> None:
+    """A checkpoint folder's ``config.json`` exists and is a JSON object.
+
+    Raises:
+        ModelLoadError: it is missing, unreadable or not a JSON object.
+    """
+    fix = "point at a Hugging Face checkpoint folder (config.json, weights, tokenizer files)"
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelLoadError(f"{folder} is a folder but has no config.json: {fix}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
+        raise ModelLoadError(f"{path} cannot be read as JSON ({_first_line(e)}): {fix}") from e
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} is not a JSON object: {fix}")
+
+
 def _boot_folder(
     folder: Path, *, model_id: str, device: torch.device, dtype: torch.dtype
 ) -> LoadedModel:
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001 - re-raised with the folder named
+        raise ModelLoadError(
+            f"no usable tokenizer in {folder} ({_first_line(e)}): a checkpoint folder needs its "
+            "tokenizer files (tokenizer.json or tokenizer.model, tokenizer_config.json)"
+        ) from e
     try:
         bridge = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
     except Exception as e:  # noqa: BLE001 - re-raised with the folder named
         raise ModelLoadError(
-            f"TransformerLens could not boot the checkpoint in {folder}: {e}. If this is a "
-            f"prosv-lens cache folder, delete it and load again to reconvert."
+            f"TransformerLens could not boot the checkpoint in {folder} ({_first_line(e)}): "
+            "check its config and weights; if it is a prosv-lens cache folder, delete it and "
+            "load again to reconvert"
         ) from e
     return LoadedModel(_freeze(bridge), tokenizer, model_id, folder)
 
