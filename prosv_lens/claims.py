@@ -15,16 +15,16 @@ when their CIs do not overlap (a conservative rule). A missing result gives the 
 ``no result`` and the command that makes it.
 """
 
-import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prosv_lens.analysis import PathPatchingResult
-from prosv_lens.errors import ClaimsError, ProsvError  # noqa: F401 - re-exported
+from prosv_lens.errors import ClaimsError, ProsvError, ResultFileError  # noqa: F401 - re-exported
 from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
+from prosv_lens.safe_io import json_type, parse_json_text, parse_jsonl_text, read_text_file
 
 VERDICTS = {
     "reproduces": "the difference has the paper's sign and its 95% CI excludes 0",
@@ -114,14 +114,59 @@ def _est(d: dict, digits: int = 3) -> str:
     return f"{d['mean']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
+_REWRITE = "rerun the command that writes it (or move the file away)"
+
+
+def _read_json(path: Path, kind: type = dict) -> Any:
+    """The JSON in ``path`` (``None`` if it does not exist), which must be a ``kind``.
+
+    Raises:
+        ResultFileError: the file is unreadable, not UTF-8 JSON, or of another shape.
+    """
+    if not path.exists():
+        return None
+    text = read_text_file(path, what="a saved result file", error=ResultFileError)
+    data = parse_json_text(text, path, fix=_REWRITE, error=ResultFileError)
+    if not isinstance(data, kind):
+        raise ResultFileError(
+            f"{path} holds a JSON {json_type(data)}, not the {json_type(kind())} a saved "
+            f"result has: {_REWRITE}"
+        )
+    return data
 
 
 def _read_rows(path: Path) -> list[dict]:
+    """The judged rows in ``path`` (none if it does not exist), each a JSON object.
+
+    Raises:
+        ResultFileError: ``FILE:LINE: ...`` for a line that is not a JSON object, or an
+            unreadable or non-UTF-8 file.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = read_text_file(path, what="a judged-rows file", error=ResultFileError)
+    if not text.strip():
+        return []
+    rows = parse_jsonl_text(text, path, fix=_REWRITE, error=ResultFileError)
+    for line, row in rows:
+        if not isinstance(row, dict):
+            raise ResultFileError(f"{path}:{line}: a judged row must be a JSON object: {_REWRITE}")
+    return [row for _, row in rows]
+
+
+def _checked(claims: Callable[..., list[Claim]], where: Path, *args: Any) -> list[Claim]:
+    """``claims(*args)``; a saved result lacking a field it reads is named as such.
+
+    Raises:
+        ResultFileError: the files under ``where`` lack a field or hold one of another type.
+    """
+    try:
+        return claims(*args)
+    except (KeyError, TypeError, IndexError) as e:
+        raise ResultFileError(
+            f"the results in {where} lack what the report reads ({type(e).__name__}: {e}): "
+            f"{_REWRITE}"
+        ) from e
 
 
 def _missing(title: str, paper: str, folder: str) -> Claim:
@@ -382,15 +427,28 @@ def _sweep(folder: Path) -> tuple[dict | None, list[dict]]:
 
 
 def collect_claims(results_dir: str | Path) -> list[Claim]:
-    """Every claim, from the saved results under ``results_dir``."""
+    """Every claim, from the saved results under ``results_dir`` (missing ones: ``no result``).
+
+    Raises:
+        ClaimsError: ``results_dir`` is not a folder.
+        ResultFileError: a saved result is corrupt or lacks a field the report reads.
+    """
     root = Path(results_dir)
+    if not root.is_dir():
+        what = "is a file" if root.exists() else "does not exist"
+        raise ClaimsError(
+            f"results folder {root} {what}: pass the folder of saved results with --results"
+        )
     demo = _read_json(root / DEMO / "results.json")
+    axbench = _read_json(root / AXBENCH / "scores.json", list)
     return [
-        *demo_claims(demo, _read_rows(root / DEMO / "rows.jsonl")),
-        *axbench_claims(_read_json(root / AXBENCH / "scores.json"), _read_rows(root / AXBENCH / "rows.jsonl")),
-        *(c for f in POSITIONS for c in position_claims(*_sweep(root / f), f)),
-        *(c for f in HEATMAPS for c in heatmap_claims(*_sweep(root / f), f)),
-    ]  # fmt: skip
+        *_checked(demo_claims, root / DEMO, demo, _read_rows(root / DEMO / "rows.jsonl")),
+        *_checked(
+            axbench_claims, root / AXBENCH, axbench, _read_rows(root / AXBENCH / "rows.jsonl")
+        ),
+        *(c for f in POSITIONS for c in _checked(position_claims, root / f, *_sweep(root / f), f)),
+        *(c for f in HEATMAPS for c in _checked(heatmap_claims, root / f, *_sweep(root / f), f)),
+    ]
 
 
 def summary_table(claims: Sequence[Claim]) -> list[str]:

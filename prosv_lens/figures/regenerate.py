@@ -34,7 +34,7 @@ from prosv_lens.analysis import (
     SavedResult,
     VectorLensResult,
 )
-from prosv_lens.errors import FiguresError, ProsvError  # noqa: F401 - re-exported
+from prosv_lens.errors import FiguresError, ProsvError, ResultFileError  # noqa: F401 - re-exported
 from prosv_lens.figures.analysis import (
     attention_heatmap_figure,
     decay_figure,
@@ -48,6 +48,7 @@ from prosv_lens.figures.evaluation import steering_scores_figure, tradeoff_figur
 from prosv_lens.figures.style import save
 from prosv_lens.figures.sweeps import SWEEP_KINDS, heatmap_figure, position_sweep_figure
 from prosv_lens.figures.training import training_curves_figure
+from prosv_lens.safe_io import parse_json_text, read_text_file
 
 KINDS: dict[str, type[SavedResult]] = {
     k.__name__: k
@@ -73,6 +74,17 @@ def _saved_kind(path: Path) -> str | None:
         return None
     kind = header.get("kind") if isinstance(header, dict) else None
     return kind if kind in KINDS else None
+
+
+def _read_result(path: Path) -> Any:
+    """The JSON of a saved ``results.json`` / ``sweep.json``.
+
+    Raises:
+        ResultFileError: it is unreadable, not UTF-8, or not valid JSON (``FILE:LINE``).
+    """
+    fix = "rerun the command that writes it, or move the file out of the results folder"
+    text = read_text_file(path, what="a saved result file", error=ResultFileError)
+    return parse_json_text(text, path, fix=fix, error=ResultFileError)
 
 
 def _prefix(folder: Path, root: Path) -> str:
@@ -161,9 +173,8 @@ def regenerate_figures(results_dir: str | Path, figures_dir: str | Path) -> list
     """
     root, out = Path(results_dir), Path(figures_dir)
     if not root.is_dir():
-        raise FiguresError(
-            f"results folder {root} does not exist: pass the folder of saved results"
-        )
+        what = "is a file" if root.exists() else "does not exist"
+        raise FiguresError(f"results folder {root} {what}: pass the folder of saved results")
     analysis: dict[Path, dict[str, list[SavedResult]]] = defaultdict(lambda: defaultdict(list))
     runs: list[Path] = []
     sweeps: list[Path] = []
@@ -176,13 +187,13 @@ def regenerate_figures(results_dir: str | Path, figures_dir: str | Path) -> list
             analysis[path.parent][kind].append(KINDS[kind].load(path))
     written: list[Path] = []
     for path in runs:
-        data = json.loads(path.read_text())
+        data = _read_result(path)
         if isinstance(data, dict):
             written += evaluation_figures(data, out, _prefix(path.parent, root))
     for folder in sorted(analysis):
         written += analysis_figures(analysis[folder], out, _prefix(folder, root))
     for path in sweeps:
-        written += sweep_figures(json.loads(path.read_text()), out, _prefix(path.parent, root))
+        written += sweep_figures(_read_result(path), out, _prefix(path.parent, root))
     if not written:
         raise FiguresError(
             f"no results to draw under {root}: expected results.json files of evaluation runs, "
