@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from prosv_lens.concepts import axbench_concepts, load_axbench_latent_eval
+from prosv_lens.concepts import ConceptDataError, axbench_concepts, load_axbench_latent_eval
 from prosv_lens.evaluation.offline_judge import OfflineJudge
 
 
@@ -95,7 +95,10 @@ def validate_concept(judge: OfflineJudge, folder: str | Path, concept_id: int) -
     data = load_axbench_latent_eval(folder, concept_id)
     labels = np.array(data.labels)
     if not (labels == "positive").any() or not (labels == "negative").any():
-        raise ValueError(f"concept {concept_id} in {folder} lacks positive or negative rows")
+        raise ConceptDataError(
+            f"concept {concept_id} in {folder} lacks positive or negative latent-eval rows: "
+            "validate on a complete AxBench configuration (e.g. prod_2b_l10_v1)"
+        )
     scores = judge.concept_scores(data.responses, data.concept)
     plain = judge.plain_cosines(data.responses, data.concept)
     pos, neg, hard = (labels == "positive"), (labels == "negative"), (labels == "hard negative")

@@ -49,6 +49,7 @@ from prosv_lens.evaluation.judge_prompts import PROMPT_VERSION, judge_prompt, pa
 from prosv_lens.evaluation.judges import CRITERIA, Judge, JudgeItem, Rating
 from prosv_lens.models import default_cache_dir
 from prosv_lens.safe_io import write_text
+from prosv_lens.validate import in_range, integer
 
 logger = logging.getLogger(__name__)
 
@@ -128,32 +129,31 @@ class LLMJudgeConfig:
     max_parse_failure_rate: float = field(default_factory=_env_parse_failure_rate)
 
     def __post_init__(self) -> None:
-        if not re.match(r"https?://[^/\s]+", self.base_url):
-            raise ValueError(
+        """Raises ConfigError (a ValueError) naming the field, its value and the fix; numbers
+        must be finite ($PROSV_JUDGE_BASE_URL / $PROSV_JUDGE_MODEL feed ``base_url`` / ``model``)."""
+        if not isinstance(self.base_url, str) or not re.match(r"https?://[^/\s]+", self.base_url):
+            raise ConfigError(
                 f"base_url {self.base_url!r} is not an http(s) URL: use e.g. "
-                "https://api.openai.com/v1 or http://localhost:8000/v1"
+                "https://api.openai.com/v1 or http://localhost:8000/v1 (PROSV_JUDGE_BASE_URL)"
             )
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
-        if not self.model.strip():
-            raise ValueError("model is empty: name the judge model, e.g. gpt-4o-mini")
-        if self.api_key_env is not None and not _ENV_NAME.fullmatch(self.api_key_env):
-            shown = "a key" if self.api_key_env.startswith("sk-") else repr(self.api_key_env)
-            raise ValueError(
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError(
+                "model is empty: name the judge model, e.g. gpt-4o-mini (PROSV_JUDGE_MODEL)"
+            )
+        if self.api_key_env is not None and not _ENV_NAME.fullmatch(str(self.api_key_env)):
+            shown = "a key" if str(self.api_key_env).startswith("sk-") else repr(self.api_key_env)
+            raise ConfigError(
                 f"api_key_env must be the NAME of an environment variable such as OPENAI_API_KEY, "
                 f"not {shown}: put the key itself in that variable"
             )
-        if not 0.0 <= self.temperature <= 2.0:
-            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1 or None, got {self.max_tokens}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.backoff_s < 0:
-            raise ValueError(f"backoff_s must be >= 0, got {self.backoff_s}")
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        in_range("temperature", self.temperature, 0.0, 2.0, hint="0 is the repeatable choice")
+        if self.max_tokens is not None:
+            integer("max_tokens", self.max_tokens, 1)
+        in_range("timeout_s", self.timeout_s, 0.0, low_open=True, hint="e.g. 60")
+        integer("max_retries", self.max_retries, 0)
+        in_range("backoff_s", self.backoff_s, 0.0, hint="e.g. 1.0")
+        integer("concurrency", self.concurrency, 1)
 
     def resolved_cache_dir(self) -> Path:
         """``cache_dir``, or the default under ``$PROSV_CACHE`` / ``~/.cache/prosv_lens``."""
@@ -167,7 +167,7 @@ class LLMJudgeConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown LLMJudgeConfig keys {unknown}: known keys are {sorted(known)}"
             )
         return cls(**data)

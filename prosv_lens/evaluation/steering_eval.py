@@ -30,6 +30,7 @@ from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
 from prosv_lens.generation import GenerationConfig, generate
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import LoadedModel
+from prosv_lens.validate import in_range, integer
 
 KEY_FIELDS = ("suite", "concept", "method", "factor", "instruction_id")
 STEERING_PROMPT = (
@@ -61,12 +62,21 @@ class EvalConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("max_new_tokens and batch_size must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.select_fraction < 1:
-            raise ValueError(f"select_fraction must be in (0, 1), got {self.select_fraction}")
+        """Raises ConfigError (a ValueError) naming the field and its value; NaN/inf refused."""
+        integer("max_new_tokens", self.max_new_tokens, 1)
+        integer("batch_size", self.batch_size, 1)
+        in_range(
+            "temperature", self.temperature, 0.0, low_open=True, hint="the paper samples at 1.0"
+        )
+        in_range(
+            "select_fraction",
+            self.select_fraction,
+            0.0,
+            1.0,
+            low_open=True,
+            high_open=True,
+            hint="AxBench selects on half: 0.5",
+        )
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from prosv_lens.interventions import AbstractIntervention, steering
 from prosv_lens.models import LoadedModel
 from prosv_lens.prompts import Prompt, TokenBatch, encode_prompts
 from prosv_lens.types import Logits, PosMask
+from prosv_lens.validate import integer
 
 BUILTIN_UTILITY = Path(__file__).resolve().parents[1] / "resources" / "utility.json"
 TINY_MMLU = "tinyBenchmarks/tinyMMLU"
@@ -185,11 +186,9 @@ def load_tiny_gsm8k(
 
 
 def _check_sizes(max_new_tokens: int, batch_size: int) -> None:
-    """The validation both decoding configs share."""
-    if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError(
-            f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}"
-        )
+    """The validation both decoding configs share (ConfigError naming the field and value)."""
+    integer("max_new_tokens", max_new_tokens, 1)
+    integer("batch_size", batch_size, 1)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,19 @@ class Resources:
     logits_budget_mb: int = 1024
     cache_budget_mb: int = 2048
 
+    def __post_init__(self) -> None:
+        """Raises ExperimentError naming a knob that is not a whole number in range (the
+        residual cache may be 0 MB: all of it on disk)."""
+        for name, low in (("micro_rows", 1), ("logits_budget_mb", 1), ("cache_budget_mb", 0)):
+            value = getattr(self, name)
+            if value is None and name == "micro_rows":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ExperimentError(
+                    f"{name} must be a whole number >= {low}, got {value!r}: pass "
+                    f"--{name.replace('_', '-')} {low} or more"
+                )
+
 
 @dataclass(frozen=True)
 class DeviceInfo:
@@ -124,7 +137,10 @@ def probe_device(
     Given values replace what would be read or measured, so a run can also be planned for a
     device that is not here (``device="cuda"`` on a CPU machine needs all three).
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError, ValueError):
+        raise ExperimentError(f"{device!r} is not a device: use cpu or cuda") from None
     hypothetical = dev.type == "cuda" and not torch.cuda.is_available()
     if hypothetical and None in (memory_gb, tflops, bandwidth_gbs):
         raise ExperimentError(
