@@ -672,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument(
         "--logits-budget-mb", type=positive_int, default=None, help="response-logits chunk (1024)"
     )
-    mem.add_argument("--cache-budget-mb", type=positive_int, default=None,
+    mem.add_argument("--cache-budget-mb", type=non_negative_int, default=None,
                      help="residual cache kept in memory, the rest on disk (2048)")  # fmt: skip
     mem.add_argument("--device-memory", type=positive_float, default=None, metavar="GB",
                      help="plan for a device with this much memory instead of the one here")  # fmt: skip
