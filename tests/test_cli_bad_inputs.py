@@ -160,6 +160,7 @@ def _world(tmp: Path, args: dict) -> None:
     save_vector(vec, tmp / "vec")
     save_vector(vec, tmp / "vecs" / "good")  # an existing trained vector for `train --out`
     save_vector(SteeringVector.zeros(16, layer=0, model_id="other"), tmp / "narrow")
+    save_vector(vec.replace(layer=2), tmp / "deep")  # tiny's last layer: nothing above it
     _nan_alpha_vector(tmp / "nanvec", args)
     (tmp / "reproduce_out").mkdir()
     (tmp / "reproduce_out" / "notes.txt").write_text("someone else's folder")
@@ -220,6 +221,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("an-missing-vector", [*AN[:4], "nope", *AN[5:]], "nope"),
     ("an-garbage-vector", [*AN[:4], "garbage", *AN[5:]], "garbage"),
     ("an-narrow-vector", [*AN[:4], "narrow", *AN[5:]], "d_model"),
+    ("an-last-layer-vector", [*AN[:4], "deep", *AN[5:]], "layer 2"),
     ("an-n-prompts-zero", [*AN, "--n-prompts", "0"], "--n-prompts"),
     ("an-top-layers-negative", [*AN, "--top-layers", "-1"], "--top-layers"),
     ("an-max-new-tokens-one", [*AN, "--max-new-tokens", "1"], "max_new_tokens"),
@@ -430,3 +432,27 @@ def test_bad_input_is_one_line_and_exit_2(
     assert says in lines[0], f"{says!r} not in {lines[0]!r}"
     assert out == "", f"partial results on stdout: {out[:500]!r}"
     assert _snapshot(tmp_path) == before, "files changed or appeared"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["train", "--jsonl", "x.jsonl", "--checkpoint-dir", "ck"], "last checkpoint in ck"),
+        (["train", "--jsonl", "x.jsonl"], "prosv train: interrupted"),
+        (["sweep", "configs/s.json"], "resume in the run folder results/s"),
+        (["reproduce", "smollm2-l12", "--out", "r"], "resume in the run folder r"),
+        (["demo", "--run", "runs/demo-1"], "resume in the run folder runs/demo-1"),
+        (["demo"], "rerun with --run runs/demo-"),
+        (["models"], "prosv models: interrupted"),
+    ],
+)
+def test_ctrl_c_is_one_line_saying_how_to_resume_and_exit_130(argv, says, monkeypatch, capsys):
+    import prosv_lens.cli as cli
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, f"_cmd_{argv[0]}", interrupted)
+    assert main(argv) == 130
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and says in err, err

@@ -73,6 +73,25 @@ def _check(what: Sequence[str], max_new_tokens: int, top_layers: int) -> tuple[s
     return tuple(a for a in ANALYSES if a in what)
 
 
+_ABOVE_L = ("flow", "patching", "knockout", "heads")  # analyses of the layers above the vector's
+
+
+def _check_layer(model: LoadedModel, vector: SteeringVector, todo: Sequence[str]) -> None:
+    """The analyses of :data:`_ABOVE_L` need a layer above the vector's.
+
+    Raises:
+        ConfigError: one of them is asked for a vector at the model's last layer.
+    """
+    last = model.n_layers - 1
+    above = [a for a in todo if a in _ABOVE_L]
+    if above and vector.layer >= last:
+        raise ConfigError(
+            f"the vector steers layer {vector.layer}, the last of {model.model_id}: "
+            f"{', '.join(above)} look at the layers above it; analyse a vector at a layer below "
+            f"{last}, or run only --what decay lens"
+        )
+
+
 def _describe(vector: SteeringVector) -> dict[str, Any]:
     return {
         "model_id": vector.model_id,
@@ -123,10 +142,13 @@ def run_attention_analysis(
         The model's weights are never modified and no hook stays attached.
 
     Raises:
+        ConfigError: an unknown analysis, ``max_new_tokens`` < 2, ``top_layers`` < 0, or a
+            vector at the model's last layer (nothing above it to analyse).
         OutputError: ``out_dir`` holds other files, or an earlier analysis and not
             ``overwrite``; it cannot be written; another run is working in it.
     """
     todo = _check(what, max_new_tokens, top_layers)
+    _check_layer(model, vector, todo)
     out = Path(out_dir)
     _check_out(out, overwrite)
     t_start = time.perf_counter()
