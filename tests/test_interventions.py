@@ -138,7 +138,7 @@ def test_gradients_reach_alpha_and_v_and_no_weight(tiny):
 def test_constructor_validates_inputs():
     with pytest.raises(ValueError, match="1-d float tensor"):
         SteeringVector(torch.zeros(2, 3), layer=0)
-    with pytest.raises(ValueError, match="non-negative int"):
+    with pytest.raises(ValueError, match="layer must be >= 0"):
         SteeringVector(torch.zeros(3), layer=-1)
     sv = SteeringVector(torch.ones(3), layer=0, alpha=2.0)
     assert float(sv.scaled(0.5).alpha) == 1.0 and float(sv.alpha) == 2.0
