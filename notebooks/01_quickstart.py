@@ -72,6 +72,6 @@ print(fssv)
 # to load them later with `prosv_lens.load_vector`.
 
 # %%
-save_vector(prosv, "ocean_prosv")
+save_vector(prosv, "ocean_prosv", overwrite=True)  # a rerun replaces its own file
 with open("quickstart_answers.json", "w") as fh:
     json.dump({"questions": list(questions), "answers": answers}, fh, indent=1)
