@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from prosv_lens.analysis.results import FORMAT_VERSION
 from prosv_lens.cli import main
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import make_tiny_model
@@ -117,6 +118,12 @@ def _world(tmp: Path, args: dict) -> None:
         "res_nonutf8/heatmap_medium/sweep.json": b'{"kind": "heatmap", "x": "\xff"}',
         "res_list/demo_ocean/results.json": "[1, 2, 3]",
         "res_sweep_broken/a/sweep.json": '{"kind": "heatmap", "cells": [',
+        "res_npz_broken/flow.json": json.dumps(
+            {"kind": "AttentionFlowResult", "format_version": FORMAT_VERSION, "fields": {}}
+        ),
+        "res_npz_broken/flow.npz": b"PK not a zip",
+        "res_patching_broken/attention_ocean/patching.json": '{"kind": "PathPatchingResult", ',
+        "res_patching_broken/attention_ocean/patching.npz": b"PK",
         # AxBench folders
         "ax_meta_broken/metadata.jsonl": '{"concept_id": 0, "concept": "x"}\n{"concept_id": 1,\n',
         "ax_meta_broken/train_data.parquet": b"PAR1 not really",
@@ -239,10 +246,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ("fig-broken-results", ["figures", "--results", "res_broken"], "results.json"),
     ("fig-broken-sweep", ["figures", "--results", "res_sweep_broken"], "sweep.json"),
     ("fig-nonutf8-sweep", ["figures", "--results", "res_nonutf8"], "sweep.json"),
+    ("fig-broken-npz", ["figures", "--results", "res_npz_broken"], "flow.npz"),
     # -- report --------------------------------------------------------------------------------
     ("rep-missing", ["report", "--results", "nope", "--out", "r.md"], "nope"),
     ("rep-broken", ["report", "--results", "res_broken", "--out", "r.md"], "results.json"),
     ("rep-nonutf8", ["report", "--results", "res_nonutf8", "--out", "r.md"], "sweep.json"),
+    (
+        "rep-broken-patching",
+        ["report", "--results", "res_patching_broken", "--out", "r.md"],
+        "patching.json:1",
+    ),
     ("rep-wrong-shape", ["report", "--results", "res_list", "--out", "r.md"], "results.json"),
     ("rep-out-under-file", ["report", "--results", "emptydir", "--out", "afile/r.md"], "afile"),
     (

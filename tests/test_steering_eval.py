@@ -130,7 +130,7 @@ def test_killed_run_resumes_without_lost_or_duplicated_rows(tiny, tmp_path):
 def test_result_log_errors(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
-    with pytest.raises(ResultFileError, match="line 2"):
+    with pytest.raises(ResultFileError, match=r"rows.jsonl:2: not valid"):
         ResultLog(path, ["a"])
     log = ResultLog(tmp_path / "ok.jsonl", ["a"])
     log.append([{"a": 1}])

@@ -8,13 +8,14 @@ as tuples). Plotting code needs only these files, never a model.
 
 import dataclasses
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from prosv_lens.errors import ResultFileError
-from prosv_lens.safe_io import atomic_write, write_text
+from prosv_lens.safe_io import atomic_write, parse_json_text, read_text_file, write_text
 
 FORMAT_VERSION = 1
 R = TypeVar("R", bound="SavedResult")
@@ -74,7 +75,11 @@ class SavedResult:
                 f"{json_path} and {npz_path} must both exist: save the result with .save(path) "
                 "and load it with the same path."
             )
-        header = json.loads(json_path.read_text())
+        fix = "recompute the analysis (prosv analyse) or move the file away"
+        text = read_text_file(json_path, what="a saved analysis result", error=ResultFileError)
+        header = parse_json_text(text, json_path, fix=fix, error=ResultFileError)
+        if not isinstance(header, dict) or not isinstance(header.get("fields"), dict):
+            raise ResultFileError(f"{json_path} is not a saved analysis result: {fix}")
         if header.get("kind") != cls.__name__:
             raise ResultFileError(
                 f"{json_path} holds a {header.get('kind')!r}, not a {cls.__name__}: load it with "
@@ -86,9 +91,19 @@ class SavedResult:
                 f"reads version {FORMAT_VERSION}: recompute the analysis."
             )
         kwargs = {k: _tuples(v) for k, v in header["fields"].items()}
-        with np.load(npz_path, allow_pickle=False) as data:
-            kwargs.update({k: data[k] for k in data.files})
-        return cls(**kwargs)
+        try:
+            with np.load(npz_path, allow_pickle=False) as data:
+                kwargs.update({k: data[k] for k in data.files})
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            # numpy's own message (e.g. "contains pickled data") would suggest unsafe loading
+            raise ResultFileError(
+                f"{npz_path} is not a readable .npz array file ({type(e).__name__}); it may be "
+                f"truncated or corrupt: {fix}"
+            ) from e
+        try:
+            return cls(**kwargs)
+        except TypeError as e:  # fields missing or unknown: written by another version
+            raise ResultFileError(f"{json_path} does not match {cls.__name__} ({e}): {fix}") from e
 
     def same_as(self, other: object) -> bool:
         """Field-by-field equality; arrays must match in dtype, shape and values (NaN == NaN)."""

@@ -69,11 +69,18 @@ class ResultLog:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ResultFileError(
-                    f"{self.path} line {i} is not JSON ({e}); fix or delete that line and rerun"
+                    f"{self.path}:{i}: not valid UTF-8 JSON ({e}): fix or delete that line and "
+                    "rerun"
                 ) from e
+            if not isinstance(row, dict):
+                raise ResultFileError(
+                    f"{self.path}:{i}: a row must be a JSON object: fix or delete that line and "
+                    "rerun"
+                )
+            rows.append(row)
         if tail.strip():  # no trailing newline: the writer died mid-line; drop the torn row
             with self.path.open("r+b") as f:
                 f.truncate(len(raw) - len(tail))
