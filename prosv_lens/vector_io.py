@@ -153,6 +153,10 @@ def save_all(
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON provenance of a saved vector (no tensors loaded, no checks beyond parsing)."""
     _, meta_path = _paths(path)
+    if Path(path).is_dir():
+        raise VectorFileError(
+            f"{path} is a folder: pass a saved vector's name (the .safetensors/.json stem)"
+        )
     if not meta_path.exists():
         raise VectorFileError(
             f"{meta_path} not found: a saved vector is a .safetensors + .json pair"

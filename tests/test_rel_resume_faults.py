@@ -19,7 +19,7 @@ from _faults import SEA, Holder, demo_job, sweep_job, train_job
 
 import prosv_lens.evaluation.sweeps as sweeps
 from prosv_lens.concepts import ConceptData
-from prosv_lens.errors import RunLockedError, RunMismatchError
+from prosv_lens.errors import ResultFileError, RunLockedError, RunMismatchError
 from prosv_lens.models import make_tiny_model
 from prosv_lens.training import TrainConfig, train
 
@@ -138,3 +138,12 @@ def test_a_sweep_folder_refuses_other_data_settings_and_a_concurrent_run(tmp_pat
         sweep_job(tmp_path, 0, max_new_tokens=4)
     with Holder(tmp_path), pytest.raises(RunLockedError):
         sweep_job(tmp_path, 0)
+
+
+def test_a_corrupt_sweep_file_is_a_one_line_error(tmp_path):
+    sweep_job(tmp_path, 0)
+    raw = (tmp_path / "sweep.json").read_text()
+    (tmp_path / "sweep.json").write_text(raw[: len(raw) // 2])
+    with pytest.raises(ResultFileError, match="sweep.json is not valid JSON") as e:
+        sweep_job(tmp_path, 0)
+    assert "\n" not in str(e.value)

@@ -154,6 +154,7 @@ class LLMJudgeConfig:
         integer("max_retries", self.max_retries, 0)
         in_range("backoff_s", self.backoff_s, 0.0, hint="e.g. 1.0")
         integer("concurrency", self.concurrency, 1)
+        check_parse_failure_rate(self.max_parse_failure_rate)
 
     def resolved_cache_dir(self) -> Path:
         """``cache_dir``, or the default under ``$PROSV_CACHE`` / ``~/.cache/prosv_lens``."""

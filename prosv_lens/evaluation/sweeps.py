@@ -52,6 +52,7 @@ from prosv_lens.safe_io import (
     check_writable,
     json_type,
     parse_json_text,
+    read_json,
     read_text_file,
     write_json,
 )
@@ -355,7 +356,9 @@ def _load_or_start(
     path: Path, cfg: SweepConfig, model: LoadedModel, judge: Judge, concept: str
 ) -> dict:
     if path.exists():
-        sweep = json.loads(path.read_text())
+        sweep = read_json(path)  # a corrupt file: ResultFileError naming it
+        if not isinstance(sweep, dict):
+            raise SweepError(f"{path} is not a sweep (a JSON object): use a new out_dir")
         saved = sweep.get("config")
         try:  # fields added since the sweep was saved take their defaults
             same = isinstance(saved, dict) and type(cfg).from_dict(saved) == cfg
