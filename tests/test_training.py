@@ -318,7 +318,9 @@ def test_resume_ignores_speed_only_settings_but_not_numerics(tiny, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(tiny, SEA, cfg, checkpoint_dir=tmp_path, checkpoint_every=1,
               callbacks=[kill_at_step_2], progress=False)  # fmt: skip
-    with pytest.raises(RunMismatchError, match="settings.param_dtype"):  # the authors' bf16-parameter mode
+    with pytest.raises(
+        RunMismatchError, match="settings.param_dtype"
+    ):  # the authors' bf16-parameter mode
         train(tiny, SEA, cfg.replace(param_dtype="model"), checkpoint_dir=tmp_path, progress=False)
     resumed = train(tiny, SEA, cfg.replace(logits_budget_mb=1, pad_multiple=8),
                     checkpoint_dir=tmp_path, progress=False)  # fmt: skip
