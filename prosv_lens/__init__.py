@@ -3,6 +3,7 @@
 Pipeline (each stage imports only from earlier ones)::
 
     load_model -> encode_prompts -> ConceptData -> PositionSpec -> SteeringVector / steering()
+               (as TransformerLens hooks: vector.fwd_hooks(batch), steering_hooks())
                -> save_vector / load_vector -> mean_difference -> train() -> generate()
                -> build_concept_data -> baselines
                -> evaluation (judges, evaluate_steering, kl_damage, evaluate_utility)
@@ -65,6 +66,7 @@ from prosv_lens.interventions import (
     active_hook_count,
     run_with_steering,
     steering,
+    steering_hooks,
 )
 from prosv_lens.models import (
     DEFAULT_MODEL,
@@ -148,4 +150,5 @@ __all__ = [
     "run_with_steering",
     "save_vector",
     "steering",
+    "steering_hooks",
 ]

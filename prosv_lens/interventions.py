@@ -1,16 +1,22 @@
-"""Stage 3 — interventions on the residual stream, applied as scoped TransformerLens hooks.
+"""Stage 3 — interventions on the residual stream, as TransformerLens hook functions.
 
 A :class:`SteeringVector` carries its own location (layer -> ``blocks.{L}.hook_resid_post``,
 position spec), factor ``alpha`` and direction ``v``; it adds ``alpha * v`` to the residual at its
 steered positions and leaves every other position bit-for-bit untouched.
 
-Hooks are attached only inside :func:`steering` (a context manager that removes them on exit,
-also when its body raises) or for one call of :func:`run_with_steering`. Positions are resolved
-against the batch *before* any hook is attached, and each hook reads the absolute column offset
-of the current forward pass from a :class:`DecodeState` the caller owns — never from the
-activation's length, which under a KV cache is 1 for every decoded token. So a prompt-only vector
-edits its prompt columns during prefill and no decoded token, and the same code serves cached and
-uncached generation.
+The public surface is plain TransformerLens forward hooks. :meth:`AbstractIntervention.fwd_hooks`
+turns an intervention into ``[(hook_name, hook_fn)]`` for one batch, ready for
+``bridge.run_with_hooks(..., fwd_hooks=...)``, ``with bridge.hooks(fwd_hooks=...)`` or a list of
+the caller's own hooks; :func:`steering_hooks` builds the whole list for a model (every
+intervention, checked against the model, plus the float64 attention fix). :func:`steering` (a
+context manager that removes the hooks on exit, also when its body raises) and
+:func:`run_with_steering` (one forward pass) attach exactly that list, so there is one code path.
+
+Positions are resolved against the batch *before* any hook is attached, and each hook reads the
+absolute column offset of the current forward pass from a :class:`DecodeState` the caller owns —
+never from the activation's length, which under a KV cache is 1 for every decoded token. So a
+prompt-only vector edits its prompt columns during prefill and no decoded token, and the same
+hooks serve cached and uncached generation.
 """
 
 from abc import ABC, abstractmethod
@@ -27,7 +33,7 @@ from prosv_lens.errors import ConfigError, SteeringStateError, VectorMismatchErr
 from prosv_lens.models import LoadedModel, hook_name, pattern_hook_name
 from prosv_lens.positions import PositionSpec, ResolvedPositions
 from prosv_lens.prompts import TokenBatch
-from prosv_lens.types import HookName, Logits, PosMask, Resid, Vector
+from prosv_lens.types import FwdHook, HookName, Logits, PosMask, Resid, Vector
 from prosv_lens.validate import finite, finite_tensor, integer
 
 
@@ -40,6 +46,17 @@ def add_at_positions(resid: Resid, mask: PosMask, delta: Float[Tensor, "*rows d_
     if delta.ndim == 2:
         delta = delta[:, None, :]
     return torch.where(mask[..., None], resid + delta, resid)
+
+
+@dataclass
+class DecodeState:
+    """Absolute column of the first token in the forward pass about to run.
+
+    Owned by the caller (a generation loop, :func:`prosv_lens.generate`'s or your own) and read
+    by the steering hooks at every pass; 0 for an ordinary full-sequence forward.
+    """
+
+    offset: int = 0
 
 
 class AbstractIntervention(nn.Module, ABC):
@@ -62,6 +79,54 @@ class AbstractIntervention(nn.Module, ABC):
     @abstractmethod
     def edit(self, resid: Resid, mask: PosMask) -> Resid:
         """Return the edited residual; positions where ``mask`` is False are returned as is."""
+
+    @final
+    def fwd_hooks(self, batch: TokenBatch, *, state: DecodeState | None = None) -> list[FwdHook]:
+        """This intervention as TransformerLens forward hooks for ``batch``.
+
+        Pass the list to ``bridge.run_with_hooks(..., fwd_hooks=...)`` or
+        ``bridge.hooks(fwd_hooks=...)``, alone or concatenated with other hooks (another
+        intervention's, a cache of your own: hooks at one point run in list order). The
+        positions are resolved here, so a bad spec raises before anything is attached.
+
+        Contract of the returned ``(hook_name, hook_fn)`` pairs:
+
+        * ``hook_fn`` edits the activation at ``hook_name`` (``blocks.{layer}.hook_resid_post``)
+          at the columns the position spec selects in ``batch`` (padding never counts) and
+          returns every other position bit-for-bit unchanged;
+        * the forward pass must run on ``batch``'s rows and columns: the activation it sees
+          covers absolute columns ``[state.offset, state.offset + pos)``. Columns past
+          ``batch.n_pos`` are generated tokens, edited only by ``all`` (an FSSV); a prompt-only
+          hook returns ``None`` (no edit, no cost) when it sees only such columns;
+        * ``state=None`` gives a fresh :class:`DecodeState` at offset 0, right for any pass over
+          the whole sequence (the batch, possibly with generated tokens appended). For KV-cache
+          decoding give every intervention's hooks the same state and set ``state.offset`` to
+          the first column of each pass before running it (as :func:`prosv_lens.generate` does);
+        * a pass over another number of rows, or over fewer columns than ``batch`` at offset 0
+          (e.g. ``bridge.generate``), raises :class:`SteeringStateError`; a residual of another
+          width raises :class:`VectorMismatchError`, both when the hook runs.
+
+        No model is given, so its d_model and layer count are checked only when the hook runs,
+        and the float64 attention fix is not included: :func:`steering_hooks` checks the model
+        before anything is attached and adds the fix. The hooks never modify model weights.
+        TransformerLens 4.3's ``run_with_cache`` takes no ``fwd_hooks`` (it passes them on to a
+        forward that ignores them): call it inside ``bridge.hooks(fwd_hooks=...)``.
+
+        Args:
+            batch: the batch the hooks will see (on any device; masks follow the activation).
+            state: the decoding offset the hooks read; see above.
+
+        Returns:
+            ``[(hook_name, hook_fn)]``, one pair per edited hook point.
+
+        Raises:
+            PositionSpecError: the spec does not fit an example of ``batch``.
+            ValueError: the edit (``alpha * v``) is not finite.
+        """
+        _check_finite(self)
+        resolved = self.positions.resolve(batch)
+        state = state if state is not None else DecodeState()
+        return [(self.hook_name, _make_hook(self, resolved, state))]
 
 
 @final
@@ -152,16 +217,6 @@ class SteeringVector(AbstractIntervention):
         )
 
 
-@dataclass
-class DecodeState:
-    """Absolute column of the first token in the forward pass about to run.
-
-    Owned by the caller (the generation loop); 0 for an ordinary full-sequence forward.
-    """
-
-    offset: int = 0
-
-
 def check_compatible(model: LoadedModel, intervention: AbstractIntervention) -> None:
     """Raise :class:`VectorMismatchError` if the intervention cannot act on this model."""
     if intervention.d_model != model.d_model:
@@ -170,6 +225,10 @@ def check_compatible(model: LoadedModel, intervention: AbstractIntervention) -> 
             f"{model.d_model}: it was made for another model; train or load one for this model."
         )
     model.hook_name(intervention.layer)  # raises on a layer out of range
+    _check_finite(intervention)
+
+
+def _check_finite(intervention: AbstractIntervention) -> None:
     if isinstance(intervention, SteeringVector):  # parameters may have been edited in place
         with torch.no_grad():
             finite_tensor(
@@ -188,14 +247,20 @@ def _make_hook(
         if resid.shape[0] != batch:
             raise SteeringStateError(
                 f"steering was prepared for a batch of {batch} but the model ran on "
-                f"{resid.shape[0]} rows: build the steering context with the batch you run."
+                f"{resid.shape[0]} rows: build the steering hooks with the batch you run."
+            )
+        if resid.shape[-1] != intervention.d_model:
+            raise VectorMismatchError(
+                f"{intervention.hook_name} has width {resid.shape[-1]} but the vector has d_model "
+                f"{intervention.d_model}: it was made for another model; train or load one for "
+                "this model."
             )
         width = resid.shape[1]
         if state.offset == 0 and width < known:
             raise SteeringStateError(
                 f"steering was prepared for {known} columns but a forward pass at offset 0 has "
                 f"{width}. Use prosv_lens.generate() for generation (it tracks the KV-cache "
-                "offset); bridge.generate() inside a steering context is not supported."
+                "offset); bridge.generate() with steering hooks attached is not supported."
             )
         mask = resolved.chunk(state.offset, width)
         if mask is None:  # a prompt-only vector during decoding: nothing to do, no cost
@@ -213,6 +278,59 @@ def _finite_pattern(pattern: Tensor, hook: Any) -> Tensor:  # noqa: ARG001 - TL 
     return torch.nan_to_num(pattern, nan=0.0)
 
 
+def _as_list(
+    interventions: "AbstractIntervention | Sequence[AbstractIntervention]",
+) -> list[AbstractIntervention]:
+    if isinstance(interventions, AbstractIntervention):
+        return [interventions]
+    return list(interventions)
+
+
+def steering_hooks(
+    model: LoadedModel,
+    interventions: "AbstractIntervention | Sequence[AbstractIntervention]",
+    batch: TokenBatch,
+    *,
+    state: DecodeState | None = None,
+) -> list[FwdHook]:
+    """Every hook that steering ``model`` on ``batch`` needs, as TransformerLens ``fwd_hooks``.
+
+    The list :func:`steering` attaches: each intervention's :meth:`~AbstractIntervention.fwd_hooks`
+    (same contract: the spec's columns edited, every other position bit-for-bit unchanged, the
+    offset read from ``state``, the batch size must match), all sharing one ``state``. Unlike a
+    single intervention's hooks, every intervention is first checked against the model (d_model,
+    layer in range, finite edit) and every spec resolved, so nothing is returned, and nothing can
+    be attached, unless all of them fit. Several interventions compose: at the same hook point
+    their edits add up.
+
+    For a float64 model the list ends with one hook per layer on the attention pattern that
+    zeroes NaN rows (:func:`_finite_pattern`): TransformerLens 4.3 would otherwise turn the fully
+    masked query rows of left padding into NaN that reaches real tokens. This fix belongs to the
+    model, not to a vector (it is needed with no vector at all, and once however many vectors
+    there are), so it is here and not in :meth:`~AbstractIntervention.fwd_hooks`; with no
+    interventions the list holds only the fix (empty for other dtypes).
+
+    Args:
+        model: the model the hooks will run in.
+        interventions: one intervention or several (different layers/positions are fine).
+        batch: the batch the forward passes will run (its columns define the positions).
+        state: the decoding offset every hook reads; a fresh one (offset 0) if ``None``.
+
+    Raises:
+        VectorMismatchError: an intervention's d_model is not the model's.
+        ConfigError: an intervention's layer is out of range for the model.
+        PositionSpecError: a spec does not fit an example of ``batch``.
+    """
+    interventions = _as_list(interventions)
+    for iv in interventions:
+        check_compatible(model, iv)
+    state = state if state is not None else DecodeState()
+    hooks = [pair for iv in interventions for pair in iv.fwd_hooks(batch, state=state)]
+    if model.dtype == torch.float64:
+        hooks += [(pattern_hook_name(i), _finite_pattern) for i in range(model.n_layers)]
+    return hooks
+
+
 @contextmanager
 def steering(
     model: LoadedModel,
@@ -221,12 +339,10 @@ def steering(
     *,
     state: DecodeState | None = None,
 ) -> Iterator[DecodeState]:
-    """Attach interventions for the forward passes in the ``with`` body, then remove them.
+    """Attach :func:`steering_hooks` for the forward passes in the ``with`` body, then remove them.
 
-    Positions are resolved against ``batch`` before anything is attached (a bad spec raises and
-    attaches nothing). Several interventions compose: at the same hook their edits add up. For a
-    float64 model the context also zeroes NaN attention patterns of fully masked padding rows
-    (see :func:`_finite_pattern`), so left-padded float64 batches compute correctly.
+    Everything is checked and resolved before anything is attached (a bad spec raises and
+    attaches nothing); the hooks are removed on exit, also when the body raises.
 
     Args:
         model: the model to steer.
@@ -237,16 +353,8 @@ def steering(
     Yields:
         The :class:`DecodeState` the hooks read; a generation loop advances its ``offset``.
     """
-    if isinstance(interventions, AbstractIntervention):
-        interventions = [interventions]
     state = state if state is not None else DecodeState()
-    hooks = []
-    for iv in interventions:
-        check_compatible(model, iv)
-        resolved = iv.positions.resolve(batch)
-        hooks.append((iv.hook_name, _make_hook(iv, resolved, state)))
-    if model.dtype == torch.float64:
-        hooks += [(pattern_hook_name(i), _finite_pattern) for i in range(model.n_layers)]
+    hooks = steering_hooks(model, interventions, batch, state=state)
     with model.bridge.hooks(fwd_hooks=hooks):
         yield state
 
@@ -259,6 +367,9 @@ def run_with_steering(
 ) -> Logits:
     """One steered forward pass over ``batch`` (hooks removed afterwards); returns logits.
 
+    The same computation as ``bridge.run_with_hooks(batch.input_ids,
+    attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+    fwd_hooks=steering_hooks(model, interventions, batch))`` (bit-identical logits; tested).
     Extra keyword arguments go to the bridge's forward (e.g. ``return_type``).
     """
     batch = batch.to(model.device)
