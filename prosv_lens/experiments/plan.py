@@ -9,7 +9,7 @@ the stage, what it needs, what there is, and the knob setting that would make it
 
 Assumptions (constants below): chat-templated instructions of :data:`PROMPT_TOKENS` tokens, the
 steering prompt adds :data:`STEERING_PROMPT_TOKENS`; the trainer reaches :data:`EFFICIENCY` of
-the matmul rate (what this project's trainer reached on the 2-core CPU, README); a decoding step
+the matmul rate (what this project's trainer reached on the 2-core CPU, reports/training.md); a decoding step
 on a GPU also pays :data:`GPU_STEP_OVERHEAD` per layer (kernel launches; a judgement); a stage
 may use :data:`USABLE` of the device memory (the rest: allocator slack, CUDA context, Python).
 """
