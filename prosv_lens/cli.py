@@ -98,7 +98,7 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from prosv_lens.demo import DemoConfig, run_demo
+    from prosv_lens.experiments.demo import DemoConfig, run_demo
 
     given = {k: getattr(args, k) for k in _DEMO_FIELDS if getattr(args, k) is not None}
     run = run_demo(DemoConfig(model=args.model, out_dir=args.out, **given))
@@ -130,8 +130,8 @@ def _cmd_judge_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyse(args: argparse.Namespace) -> int:
-    from prosv_lens.analysis import run_attention_analysis
     from prosv_lens.concepts import builtin_instructions
+    from prosv_lens.experiments.analysis import run_attention_analysis
     from prosv_lens.figures import regenerate_figures
     from prosv_lens.models import load_model
     from prosv_lens.safe_io import check_output_path
@@ -179,7 +179,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     import time
 
     from prosv_lens.evaluation.offline_judge import OfflineJudge
-    from prosv_lens.evaluation.sweeps import format_sweep, load_sweep_config, run_sweep
+    from prosv_lens.experiments.sweeps import format_sweep, load_sweep_config, run_sweep
     from prosv_lens.figures.regenerate import sweep_figures
     from prosv_lens.models import load_model
     from prosv_lens.safe_io import check_output_path
@@ -199,7 +199,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from prosv_lens.claims import build_report, collect_claims, summary_table
+    from prosv_lens.experiments.claims import build_report, collect_claims, summary_table
     from prosv_lens.safe_io import check_output_path, write_text
 
     out = check_output_path(args.out)
@@ -427,7 +427,7 @@ _REPRODUCE_SIZES = ("n_concepts", "n_train", "epochs", "batch_size", "max_respon
                     "utility_batch_size", "seed")  # fmt: skip
 
 
-_ANALYSES = ("flow", "patching", "knockout", "decay", "lens", "heads")  # analysis.run.ANALYSES
+_ANALYSES = ("flow", "patching", "knockout", "decay", "lens", "heads")  # = experiments ANALYSES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,14 +66,15 @@ def train_job(folder: Path, kill_at: int, data: ConceptData = SEA):  # noqa: ANN
 
 
 def demo_job(folder: Path, kill_at: int, **changes: object) -> Path:
-    from prosv_lens.demo import DemoConfig, pipeline, run_demo
+    from prosv_lens.experiments import demo
+    from prosv_lens.experiments.demo import DemoConfig, run_demo
 
-    pipeline.make_judge = lambda kind, model: HashJudge(kill_at)
+    demo.make_judge = lambda kind, model: HashJudge(kill_at)
     return run_demo(DemoConfig(**{**DEMO, **changes}, run=str(folder)))
 
 
 def sweep_job(folder: Path, kill_at: int, **changes: object) -> dict:
-    from prosv_lens.evaluation.sweeps import PositionSweepConfig, run_sweep
+    from prosv_lens.experiments.sweeps import PositionSweepConfig, run_sweep
     from prosv_lens.models import make_tiny_model
 
     cfg = PositionSweepConfig(**{**SWEEP, **changes})

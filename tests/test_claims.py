@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from prosv_lens.claims import (
+from prosv_lens.cli import main
+from prosv_lens.evaluation.stats import Estimate
+from prosv_lens.experiments.claims import (
     VERDICTS,
     Claim,
     ClaimsError,
@@ -15,8 +17,6 @@ from prosv_lens.claims import (
     unpaired_verdict,
     verdict,
 )
-from prosv_lens.cli import main
-from prosv_lens.evaluation.stats import Estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,8 @@ from prosv_lens.analysis import (
     ResidualLensResult,
     VectorLensResult,
 )
-from prosv_lens.analysis.run import ANALYSES, run_attention_analysis
 from prosv_lens.evaluation.stats import bootstrap_mean
+from prosv_lens.experiments.analysis import ANALYSES, run_attention_analysis
 from prosv_lens.figures import (
     FiguresError,
     attention_heatmap_figure,

@@ -12,7 +12,6 @@ import httpx
 import pytest
 import torch
 
-from prosv_lens.demo.report import parse_failure_lines
 from prosv_lens.errors import ConfigError, JudgeError
 from prosv_lens.evaluation.judges import CRITERIA, JudgeItem
 from prosv_lens.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
@@ -29,6 +28,7 @@ from prosv_lens.evaluation.steering_eval import (
     summarize,
     tasks_from,
 )
+from prosv_lens.experiments.demo_report import parse_failure_lines
 from prosv_lens.experiments.report import build_summary, format_summary
 from prosv_lens.experiments.settings import get_setting
 from prosv_lens.interventions import SteeringVector

@@ -128,7 +128,7 @@ def test_the_cli_module_keeps_no_private_slug_copy():
 def test_an_analysis_folder_is_never_mixed_or_silently_replaced(tiny, tmp_path):
     import torch
 
-    from prosv_lens.analysis import run_attention_analysis
+    from prosv_lens.experiments.analysis import run_attention_analysis
     from prosv_lens.interventions import SteeringVector
 
     sv = SteeringVector(torch.ones(tiny.d_model), layer=0, alpha=2.0)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from _faults import SEA, Holder, demo_job, sweep_job, train_job
 
-import prosv_lens.evaluation.sweeps as sweeps
+import prosv_lens.experiments.sweeps as sweeps
 from prosv_lens.concepts import ConceptData
 from prosv_lens.errors import ResultFileError, RunLockedError, RunMismatchError
 from prosv_lens.models import make_tiny_model

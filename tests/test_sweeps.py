@@ -7,10 +7,10 @@ import zlib
 
 import pytest
 
-import prosv_lens.evaluation.sweeps as sweeps
+import prosv_lens.experiments.sweeps as sweeps
 from prosv_lens.errors import PositionSpecError
 from prosv_lens.evaluation.judges import Judge, JudgeItem, Rating
-from prosv_lens.evaluation.sweeps import (
+from prosv_lens.experiments.sweeps import (
     HeatmapConfig,
     PositionSweepConfig,
     SweepError,

@@ -11,7 +11,10 @@ plotting reads without a model:
 * :func:`effect_decay` — effect size along the answer, PrOSV vs FSSV;
 * :func:`vector_logit_lens`, :func:`residual_diff_lens`, :func:`head_attribution` — the edit
   in vocabulary space;
-* :func:`run_attention_analysis` — the chosen analyses end to end, saved with an index.
+
+The runner that runs the chosen analyses end to end and saves them with an index,
+``run_attention_analysis``, is an experiment: :mod:`prosv_lens.experiments.analysis`. Importing
+it (or ``ANALYSES``) from here still works but is deprecated.
 """
 
 from prosv_lens.analysis.attention_flow import AttentionFlowResult, attention_flow
@@ -35,10 +38,8 @@ from prosv_lens.analysis.path_patching import (
     path_patching,
 )
 from prosv_lens.analysis.results import ResultFileError, SavedResult
-from prosv_lens.analysis.run import ANALYSES, run_attention_analysis
 
 __all__ = [
-    "ANALYSES",
     "AttentionFlowResult",
     "DecayResult",
     "HeadAttributionResult",
@@ -61,7 +62,21 @@ __all__ = [
     "path_patching",
     "prosv_vs_fssv",
     "residual_diff_lens",
-    "run_attention_analysis",
     "run_pair",
     "vector_logit_lens",
 ]
+
+
+_MOVED = ("ANALYSES", "run_attention_analysis")
+
+
+def __getattr__(name: str) -> object:
+    """Deprecated: ``ANALYSES`` and ``run_attention_analysis`` from
+    :mod:`prosv_lens.experiments.analysis`, imported on first use (the library never imports
+    the experiments layer at import time; pyproject's import-linter contract names this one
+    exception)."""
+    if name in _MOVED:
+        from prosv_lens.experiments import analysis
+
+        return getattr(analysis, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,11 @@
 """Experiment runners: the paper's experiments end to end, resumable, planned before they run.
 
+Everything that trains, judges and writes a result folder lives here, above the library (which
+never imports it): :mod:`~prosv_lens.experiments.reproduce` (``prosv reproduce``),
+:mod:`~prosv_lens.experiments.demo` (``prosv demo``), :mod:`~prosv_lens.experiments.sweeps`
+(``prosv sweep``), :mod:`~prosv_lens.experiments.analysis` (``prosv analyse``) and
+:mod:`~prosv_lens.experiments.claims` (``prosv report``: the paper's claims against saved results).
+
 ``prosv reproduce SETTING`` (:func:`run_reproduce`) runs one row of the paper's main table —
 PrOSV and FSSV trained jointly, DiffMean and prompt baselines, AxBench-style judged steering and
 utility — for a registered :class:`Setting` (:data:`SETTINGS`); :func:`dry_run` plans its memory

@@ -6,11 +6,11 @@
   evaluation run): steering scores, the utility-robustness trade-off and training curves, each
   drawn when its keys are present;
 * saved analysis results (``<stem>.json`` + ``<stem>.npz`` from :meth:`SavedResult.save`, e.g. a
-  folder written by :func:`prosv_lens.analysis.run.run_attention_analysis`): per folder, one
+  folder written by :func:`prosv_lens.experiments.analysis.run_attention_analysis`): per folder, one
   attention heatmap per flow result, one decay curve, one knock-out chart for all knock-outs,
   one key-vs-value chart per path-patching result, one logit-lens figure (plus a markdown table)
   for all lenses, one head-attribution heatmap;
-* ``sweep.json`` of a hyper-parameter sweep (:mod:`prosv_lens.evaluation.sweeps`): kind
+* ``sweep.json`` of a hyper-parameter sweep (:mod:`prosv_lens.experiments.sweeps`): kind
   ``heatmap`` gives ``<folder>_heatmap``, kind ``positions`` gives ``<folder>_positions``.
 
 Figures are named ``<folder>_<figure>`` after the results folder relative to ``results_dir``

@@ -31,7 +31,7 @@ def heatmap_figure(sweep: dict) -> object:
     """beta x lr_alpha heatmaps of held-out loss and steering score, one row per optimizer.
 
     Args:
-        sweep: a ``sweep.json`` of kind ``heatmap`` (see :mod:`prosv_lens.evaluation.sweeps`).
+        sweep: a ``sweep.json`` of kind ``heatmap`` (see :mod:`prosv_lens.experiments.sweeps`).
     """
     if sweep.get("kind") != "heatmap" or not sweep.get("cells"):
         raise ValueError("heatmap_figure needs a sweep.json of kind 'heatmap' with cells")

@@ -37,7 +37,6 @@ from prosv_lens.concepts import (
     ConceptData,
     builtin_instructions,
 )
-from prosv_lens.demo.report import render_report, write_figures
 from prosv_lens.errors import ConfigError
 from prosv_lens.evaluation.judges import Judge
 from prosv_lens.evaluation.offline_judge import OfflineJudge
@@ -60,6 +59,7 @@ from prosv_lens.evaluation.utility import (
     kl_damage,
     load_utility_items,
 )
+from prosv_lens.experiments.demo_report import render_report, write_figures
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import DEFAULT_MODEL, LoadedModel, load_model, parse_dtype
 from prosv_lens.safe_io import RunLock, check_fingerprint, check_writable, write_text
