@@ -21,10 +21,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from prosv_lens._version import __version__
 from prosv_lens.errors import ConfigError, ProsvError
+
+if TYPE_CHECKING:
+    from prosv_lens.experiments.claims import ResultFolders
 
 
 def _out(text: str = "") -> None:
@@ -198,14 +201,61 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_folders() -> "ResultFolders":
+    """This repository's results layout for ``prosv report``: the sub-folder of ``--results``
+    each experiment writes, and the command that makes it."""
+    from prosv_lens.experiments.claims import ResultFolders
+
+    heatmaps = {"heatmap_axbench": "AxBench concept", "heatmap_medium": "built-in concept"}
+    positions = {"positions_axbench": "AxBench concept"}
+    axbench = "../shared/data/axbench-concept10/prod_2b_l10_v1"
+    commands = {
+        "demo_ocean": "prosv demo --out runs  (then copy results.json and rows.jsonl to "
+        "results/demo_ocean/)",
+        "attention_ocean": "see results/attention_ocean/README.md",
+        "axbench_l10": f"prosv axbench-eval --axbench {axbench} --concepts 5 --out "
+        "results/axbench_l10",
+        **{f: f"prosv sweep configs/{f}.json" for f in (*heatmaps, *positions)},
+    }
+    return ResultFolders(
+        demo="demo_ocean",
+        attention="attention_ocean",
+        axbench="axbench_l10",
+        heatmaps=heatmaps,
+        positions=positions,
+        commands=commands,
+    )
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from prosv_lens.experiments.claims import build_report, collect_claims, summary_table
     from prosv_lens.safe_io import check_output_path, write_text
 
     out = check_output_path(args.out)
-    claims = collect_claims(args.results)
-    write_text(out, build_report(args.results, claims))
+    folders = report_folders()
+    claims = collect_claims(args.results, folders)
+    write_text(out, build_report(args.results, folders, claims))
     _out("\n".join(summary_table(claims)) + f"\n\nwrote {out}")
+    return 0
+
+
+def _cmd_axbench_eval(args: argparse.Namespace) -> int:
+    from prosv_lens.evaluation.steering_eval import format_scores
+    from prosv_lens.experiments.axbench_eval import AxBenchEvalConfig, run_axbench_eval
+
+    cfg = AxBenchEvalConfig(
+        axbench=args.axbench,
+        out=args.out,
+        n_concepts=args.n_concepts,
+        sizes=args.sizes,
+        model=args.model,
+        dtype=args.dtype,
+        layer=args.layer,
+        seed=args.seed,
+    )
+    scores = run_axbench_eval(cfg, log=lambda line: sys.stderr.write(line + "\n"))
+    _out(format_scores(scores))
+    _out(f"results: {cfg.out}")
     return 0
 
 
@@ -518,6 +568,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", default="figures", help="folder for the figure (PNG + PDF)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "axbench-eval",
+        help="PrOSV and FSSV on the first N concepts of an "
+        "AxBench folder, judged against the prompt baseline and factor-searched "
+        "DiffMean; resumable",
+    )
+    p.add_argument(
+        "--axbench",
+        required=True,
+        help="an AxBench folder or hf:pyvene/axbench-concept10/2b/l10-style id",
+    )
+    p.add_argument(
+        "--concepts",
+        dest="n_concepts",
+        type=positive_int,
+        default=10,
+        help="the first N concepts of the folder (10)",
+    )
+    p.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
+    p.add_argument(
+        "--sizes",
+        choices=["full", "smoke"],
+        default="full",
+        help="full (72 examples, 6 epochs, 20 instructions) or smoke (toy sizes)",
+    )
+    p.add_argument("--model", default="smollm2-135m-instruct", help="the model to steer")
+    p.add_argument("--dtype", default="float32", help="weight dtype (float32)")
+    p.add_argument(
+        "--layer",
+        type=non_negative_int,
+        default=None,
+        help="steered block (default: 40%% of the depth)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the judged answers")
+    p.set_defaults(func=_cmd_axbench_eval)
 
     p = sub.add_parser("build-concept", help="build (and cache) training data for any concept")
     _model_arg(p)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from prosv_lens.cli import main
+from prosv_lens.cli import main, report_folders
 from prosv_lens.evaluation.stats import Estimate
 from prosv_lens.experiments.claims import (
     VERDICTS,
@@ -73,20 +73,20 @@ def test_claim_rejects_an_unknown_verdict():
 
 
 def test_missing_results_give_no_result_and_the_command(tmp_path):
-    claims = collect_claims(tmp_path)
+    claims = collect_claims(tmp_path, report_folders())
     assert len(claims) == 11 and {c.verdict for c in claims} == {"no result"}
-    text = build_report(tmp_path)
+    text = build_report(tmp_path, report_folders())
     for command in ("prosv demo", "prosv sweep configs/heatmap_medium.json",
                     "prosv sweep configs/heatmap_axbench.json",
                     "prosv sweep configs/positions_axbench.json",
-                    "python notebooks/04_axbench_eval.py"):  # fmt: skip
+                    "prosv axbench-eval --axbench"):  # fmt: skip
         assert command in text
     assert all(f"**{k}**" in text for k in VERDICTS)
 
 
 def test_committed_report_is_generated_from_the_committed_results():
     committed = (ROOT / "reports/paper_claims.md").read_text()
-    assert build_report(ROOT / "results") == committed, (
+    assert build_report(ROOT / "results", report_folders()) == committed, (
         "reports/paper_claims.md is out of date: run `prosv report`"
     )
 
@@ -94,6 +94,6 @@ def test_committed_report_is_generated_from_the_committed_results():
 def test_report_command_writes_the_file(tmp_path, capsys):
     out = tmp_path / "r" / "claims.md"
     assert main(["report", "--results", str(tmp_path), "--out", str(out)]) == 0
-    assert out.read_text() == build_report(tmp_path)
+    assert out.read_text() == build_report(tmp_path, report_folders())
     printed = capsys.readouterr().out
     assert printed.startswith("| # | claim | verdict |") and f"wrote {out}" in printed

@@ -1,10 +1,12 @@
-"""The reproduction report: each claim of the paper against this repository's saved results.
+"""The reproduction report: each claim of the paper against saved results.
 
-:func:`build_report` reads what the experiments saved under a results folder (no model):
+:func:`build_report` reads what the experiments saved under a results folder (no model), in the
+sub-folders a :class:`ResultFolders` names (the command line passes this repository's layout):
 
-* ``demo_ocean/`` (``prosv demo``): ``results.json`` and the judged answers ``rows.jsonl``;
-* ``heatmap_medium/sweep.json`` and ``positions_medium/`` (``prosv sweep configs/<name>.json``);
-* ``attention_ocean/patching`` (``prosv analyse``), for the mechanism section;
+* ``demo`` (``prosv demo``): ``results.json`` and the judged answers ``rows.jsonl``;
+* ``axbench`` (``prosv axbench-eval``): ``scores.json`` and ``rows.jsonl``;
+* ``heatmaps`` and ``positions`` (``prosv sweep``): ``sweep.json`` and ``rows.jsonl`` each;
+* ``attention`` (``prosv analyse``): ``patching``, for the mechanism section;
 
 and writes one section per claim: what the paper says, the numbers here with 95% bootstrap CIs,
 and a verdict by a fixed rule (:data:`VERDICTS`), so the report cannot be more optimistic than the
@@ -16,7 +18,7 @@ when their CIs do not overlap (a conservative rule). A missing result gives the 
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,18 +35,32 @@ VERDICTS = {
     "contradicted": "the opposite sign, with a CI that excludes 0",
     "no result": "the saved result is missing (the section names the command that makes it)",
 }
-DEMO, ATTENTION, AXBENCH = "demo_ocean", "attention_ocean", "axbench_l10"
-# Sweep folders (results/<config name>) and what they train on, primary first.
-HEATMAPS = {"heatmap_axbench": "AxBench concept", "heatmap_medium": "built-in concept"}
-POSITIONS = {"positions_axbench": "AxBench concept"}
-COMMANDS = {
-    DEMO: "prosv demo --out runs  (then copy results.json and rows.jsonl to results/demo_ocean/)",
-    ATTENTION: "see results/attention_ocean/README.md",
-    AXBENCH: "PROSV_N_CONCEPTS=5 PROSV_OUT=results/axbench_l10 "
-    "PROSV_AXBENCH=../shared/data/axbench-concept10/prod_2b_l10_v1 "
-    "python notebooks/04_axbench_eval.py",
-    **{folder: f"prosv sweep configs/{folder}.json" for folder in (*HEATMAPS, *POSITIONS)},
-}
+
+
+@dataclass(frozen=True)
+class ResultFolders:
+    """Where each experiment saved its results, as sub-folders of the results folder.
+
+    Attributes:
+        demo: the ``prosv demo`` run (``results.json`` + ``rows.jsonl``).
+        attention: the ``prosv analyse`` folder (``patching.json`` + ``.npz``).
+        axbench: the ``prosv axbench-eval`` run (``scores.json`` + ``rows.jsonl``).
+        heatmaps: factor-init x LR sweep folders -> what they train on, primary first.
+        positions: position sweep folders -> what they train on, primary first.
+        commands: folder -> the command line that makes it, shown where a result is missing
+            (a folder without one gets ``the command that writes <folder>``).
+    """
+
+    demo: str
+    attention: str
+    axbench: str
+    heatmaps: Mapping[str, str]
+    positions: Mapping[str, str]
+    commands: Mapping[str, str]
+
+    def command(self, folder: str) -> str:
+        """How to produce ``folder``'s results."""
+        return self.commands.get(folder, f"the command that writes {folder}")
 
 
 @dataclass(frozen=True)
@@ -169,14 +185,22 @@ def _checked(claims: Callable[..., list[Claim]], where: Path, *args: Any) -> lis
         ) from e
 
 
-def _missing(title: str, paper: str, folder: str) -> Claim:
-    return Claim(title, paper, "no result", (f"run `{COMMANDS[folder]}`",), f"results/{folder}/")
+@dataclass(frozen=True)
+class _Source:
+    """One result folder as the report names it (``shown``) and the command that makes it."""
+
+    shown: str
+    command: str
+
+
+def _missing(title: str, paper: str, where: _Source) -> Claim:
+    return Claim(title, paper, "no result", (f"run `{where.command}`",), f"{where.shown}/")
 
 
 # -- claims from the demo run ------------------------------------------------------------------
 
 
-def demo_claims(results: dict | None, rows: Sequence[dict]) -> list[Claim]:
+def demo_claims(results: dict | None, rows: Sequence[dict], where: _Source) -> list[Claim]:
     """Steering (PrOSV vs FSSV), no factor search, utility and the robustness trade-off."""
     titles = {
         "steer": ("PrOSV steers better than FSSV",
@@ -193,8 +217,8 @@ def demo_claims(results: dict | None, rows: Sequence[dict]) -> list[Claim]:
                      "robustness to concept-suppressing prompts; PrOSV keeps both."),
     }  # fmt: skip
     if results is None or not rows:
-        return [_missing(t, p, DEMO) for t, p in titles.values()]
-    src = f"results/{DEMO}/results.json, rows.jsonl ({results['model']} L{results['layer']}, concept {results['concept']!r}, judge {results['judge'].split(';')[0]})"  # fmt: skip
+        return [_missing(t, p, where) for t, p in titles.values()]
+    src = f"{where.shown}/results.json, rows.jsonl ({results['model']} L{results['layer']}, concept {results['concept']!r}, judge {results['judge'].split(';')[0]})"  # fmt: skip
     steer = {s["method"]: s for s in results["steering"]}
     n_test = steer["prosv"]["n_answers"]
 
@@ -269,8 +293,8 @@ def _tradeoff_claim(
     return Claim(*title, result, tuple(lines), src)
 
 
-def axbench_claims(scores: list | None, rows: Sequence[dict]) -> list[Claim]:
-    """PrOSV vs FSSV and vs factor-searched DiffMean on AxBench concepts (notebook 04's output)."""
+def axbench_claims(scores: list | None, rows: Sequence[dict], where: _Source) -> list[Claim]:
+    """PrOSV vs FSSV and vs factor-searched DiffMean on AxBench concepts (``prosv axbench-eval``)."""
     titles = [
         ("PrOSV steers better than FSSV (AxBench Concept10)",
          "Jointly trained PrOSV beats jointly trained FSSV on the AxBench overall score."),
@@ -278,10 +302,10 @@ def axbench_claims(scores: list | None, rows: Sequence[dict]) -> list[Claim]:
          "The jointly trained vector at its learned factor beats factor-searched baselines."),
     ]  # fmt: skip
     if scores is None or not rows:
-        return [_missing(t, p, AXBENCH) for t, p in titles]
+        return [_missing(t, p, where) for t, p in titles]
     by = {s["method"]: s for s in scores}
     n_concepts = len(by["prosv"]["factors"])
-    src = f"results/{AXBENCH}/scores.json, rows.jsonl ({n_concepts} concepts of prod_2b_l10_v1, notebook 04)"  # fmt: skip
+    src = f"{where.shown}/scores.json, rows.jsonl ({n_concepts} concepts of prod_2b_l10_v1, notebook 04)"  # fmt: skip
     overall = "; ".join(f"{m} {_est(s['overall'])}" for m, s in by.items())
     claims = []
     for (title, paper), other in zip(titles, ("fssv", "diffmean"), strict=True):
@@ -296,9 +320,11 @@ def axbench_claims(scores: list | None, rows: Sequence[dict]) -> list[Claim]:
 # -- claims from the sweeps --------------------------------------------------------------------
 
 
-def heatmap_claims(sweep: dict | None, rows: Sequence[dict], folder: str) -> list[Claim]:
+def heatmap_claims(
+    sweep: dict | None, rows: Sequence[dict], where: _Source, label: str
+) -> list[Claim]:
     """Adam vs SGD, and large factor init and LR (held-out loss and steering score per cell),
-    from the sweep saved in ``results/<folder>``."""
+    from the sweep saved in ``where`` (``label``: what it trains on, shown when missing)."""
     adam_t = ("Adam, not SGD, trains the factor",
               "With SGD the loss barely moves unless the factor init is very large (β=32); Adam "
               "with a large factor init reaches far lower loss (§4.4 table, Gemma-2-2B).")  # fmt: skip
@@ -306,12 +332,12 @@ def heatmap_claims(sweep: dict | None, rows: Sequence[dict], folder: str) -> lis
               "Scaling theory: alpha0 = β·sqrt(d) with β ~ 2-8 and lr_alpha ~ 1-20; small inits or "
               "LRs leave the loss near the unsteered one within the training budget.")  # fmt: skip
     if sweep is None:
-        label = f" ({HEATMAPS.get(folder, folder)})"
-        return [_missing(adam_t[0] + label, adam_t[1], folder), _missing(init_t[0] + label, init_t[1], folder)]  # fmt: skip
+        label = f" ({label})"
+        return [_missing(adam_t[0] + label, adam_t[1], where), _missing(init_t[0] + label, init_t[1], where)]  # fmt: skip
     label = f" ({sweep['concept']})"
     adam_t, init_t = (adam_t[0] + label, adam_t[1]), (init_t[0] + label, init_t[1])
     cfg, base = sweep["config"], sweep["baseline"]["heldout_loss"]
-    src = f"results/{folder}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, concept {sweep['concept']!r}, {cfg['n_train']} training examples, {cfg['epochs']} epochs)"  # fmt: skip
+    src = f"{where.shown}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, concept {sweep['concept']!r}, {cfg['n_train']} training examples, {cfg['epochs']} epochs)"  # fmt: skip
     loss = {(c["optimizer"], c["beta"], c["lr_alpha"]): (math.inf if c["diverged"] else c["heldout_loss"])
             for c in sweep["cells"]}  # fmt: skip
     key = {(c["optimizer"], c["beta"], c["lr_alpha"]): c["key"] for c in sweep["cells"]}
@@ -370,21 +396,23 @@ def heatmap_claims(sweep: dict | None, rows: Sequence[dict], folder: str) -> lis
     return claims
 
 
-def position_claims(sweep: dict | None, rows: Sequence[dict], folder: str) -> list[Claim]:
+def position_claims(
+    sweep: dict | None, rows: Sequence[dict], where: _Source, label: str
+) -> list[Claim]:
     """A few boundary prompt tokens (``f2+l2``) vs every prompt token and vs every token, from
-    the sweep saved in ``results/<folder>``."""
+    the sweep saved in ``where`` (``label``: what it trains on, shown when missing)."""
     title = ("A few boundary prompt tokens beat all prompt tokens",
              "Position search (Concept10): f2+l2 0.731 vs all_prompt 0.504 and all (FSSV) 0.490 "
              "on Gemma-2-2B L10; 0.800 vs 0.621 and 0.749 on Gemma-2-9B L20.")  # fmt: skip
     if sweep is None:
-        return [_missing(f"{title[0]} ({POSITIONS.get(folder, folder)})", title[1], folder)]
+        return [_missing(f"{title[0]} ({label})", title[1], where)]
     title = (f"{title[0]} ({sweep['concept']})", title[1])
-    src = f"results/{folder}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, PrOSV preset per spec)"  # fmt: skip
+    src = f"{where.shown}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, PrOSV preset per spec)"  # fmt: skip
     cells = {c["key"]: c for c in sweep["cells"] if not c["diverged"]}
     missing = sorted({"f2+l2", "prompt", "all"} - set(cells))
     if missing:  # an unfinished (or diverged) sweep
         return [Claim(*title, "no result", (f"cells {missing} are missing or diverged; rerun "
-                                            f"`{COMMANDS.get(folder, 'prosv sweep')}` to finish",), src)]  # fmt: skip
+                                            f"`{where.command}` to finish",), src)]  # fmt: skip
     d_prompt = paired_difference(rows, "f2+l2", "prompt")
     d_all = paired_difference(rows, "f2+l2", "all")
     ranked = sorted(cells.values(), key=lambda c: -c["scores"]["overall"]["mean"])
@@ -398,10 +426,11 @@ def position_claims(sweep: dict | None, rows: Sequence[dict], folder: str) -> li
 # -- beyond the paper: the route ---------------------------------------------------------------
 
 
-def mechanism_lines(folder: Path) -> list[str]:
-    """How much of the PrOSV's effect on answer tokens its keys and values carry (path patching)."""
+def mechanism_lines(folder: Path, command: str) -> list[str]:
+    """How much of the PrOSV's effect on answer tokens its keys and values carry (path patching);
+    ``command`` makes the result when it is missing."""
     if not (folder / "patching.json").exists():
-        return [f"no saved path patching: {COMMANDS[ATTENTION]}"]
+        return [f"no saved path patching: {command}"]
     pp = PathPatchingResult.load(folder / "patching")
     share = pp.fraction_present("kl")
     lines = [  # the patches over several layers and all key/value heads
@@ -426,8 +455,18 @@ def _sweep(folder: Path) -> tuple[dict | None, list[dict]]:
     return _read_json(folder / "sweep.json"), _read_rows(folder / "rows.jsonl")
 
 
-def collect_claims(results_dir: str | Path) -> list[Claim]:
-    """Every claim, from the saved results under ``results_dir`` (missing ones: ``no result``).
+def _source(root: Path, folders: ResultFolders, folder: str) -> _Source:
+    """``folder`` as the report names it: under the results folder's own name (``results/x``)."""
+    return _Source(f"{_name(root)}/{folder}", folders.command(folder))
+
+
+def _name(root: Path) -> str:
+    return root.resolve().name
+
+
+def collect_claims(results_dir: str | Path, folders: ResultFolders) -> list[Claim]:
+    """Every claim, from the saved results under ``results_dir`` (missing ones: ``no result``),
+    in the sub-folders ``folders`` names.
 
     Raises:
         ClaimsError: ``results_dir`` is not a folder.
@@ -439,15 +478,36 @@ def collect_claims(results_dir: str | Path) -> list[Claim]:
         raise ClaimsError(
             f"results folder {root} {what}: pass the folder of saved results with --results"
         )
-    demo = _read_json(root / DEMO / "results.json")
-    axbench = _read_json(root / AXBENCH / "scores.json", list)
+    demo, axbench = root / folders.demo, root / folders.axbench
     return [
-        *_checked(demo_claims, root / DEMO, demo, _read_rows(root / DEMO / "rows.jsonl")),
         *_checked(
-            axbench_claims, root / AXBENCH, axbench, _read_rows(root / AXBENCH / "rows.jsonl")
+            demo_claims,
+            demo,
+            _read_json(demo / "results.json"),
+            _read_rows(demo / "rows.jsonl"),
+            _source(root, folders, folders.demo),
         ),
-        *(c for f in POSITIONS for c in _checked(position_claims, root / f, *_sweep(root / f), f)),
-        *(c for f in HEATMAPS for c in _checked(heatmap_claims, root / f, *_sweep(root / f), f)),
+        *_checked(
+            axbench_claims,
+            axbench,
+            _read_json(axbench / "scores.json", list),
+            _read_rows(axbench / "rows.jsonl"),
+            _source(root, folders, folders.axbench),
+        ),
+        *(
+            c
+            for f, label in folders.positions.items()
+            for c in _checked(
+                position_claims, root / f, *_sweep(root / f), _source(root, folders, f), label
+            )
+        ),
+        *(
+            c
+            for f, label in folders.heatmaps.items()
+            for c in _checked(
+                heatmap_claims, root / f, *_sweep(root / f), _source(root, folders, f), label
+            )
+        ),
     ]
 
 
@@ -460,12 +520,21 @@ def summary_table(claims: Sequence[Claim]) -> list[str]:
     ]
 
 
-def render_report(claims: Sequence[Claim], mechanism: Sequence[str] = ()) -> str:
-    """The markdown report: a summary table, one section per claim, the verdict rules."""
+def render_report(
+    claims: Sequence[Claim],
+    mechanism: Sequence[str] = (),
+    *,
+    results: str = "results",
+    attention: str = "results/attention_ocean",
+) -> str:
+    """The markdown report: a summary table, one section per claim, the verdict rules.
+
+    ``results`` and ``attention`` name the results folder and the path-patching folder in the
+    text."""
     out = [
         "# Paper claims vs the embedded model",
         "",
-        "Generated by `prosv report` from the saved results under `results/` (no model run); "
+        f"Generated by `prosv report` from the saved results under `{results}/` (no model run); "
         "regenerate after rerunning an experiment. The paper is arXiv 2605.05983 (Gemma-2 and "
         "Qwen models, 100 AxBench concepts, LLM judge); here everything runs on SmolLM2-135M-"
         "Instruct on 2 CPU cores with the offline judge, on few concepts (a built-in concept "
@@ -495,7 +564,7 @@ def render_report(claims: Sequence[Claim], mechanism: Sequence[str] = ()) -> str
         out += ["", f"**Verdict: {c.verdict}.**", ""]
     if mechanism:
         out += ["## Beyond the paper: the route of a prompt-only edit", "",
-                "Path patching of the PrOSV (`results/attention_ocean/`): the effect on answer tokens "
+                f"Path patching of the PrOSV (`{attention}/`): the effect on answer tokens "
                 "when only the steered positions' keys and/or values at layers above L are restored to "
                 "their unsteered values (restore) or transplanted into an unsteered run (inject).", ""]  # fmt: skip
         out += [f"- {line}" for line in mechanism] + [""]
@@ -505,9 +574,13 @@ def render_report(claims: Sequence[Claim], mechanism: Sequence[str] = ()) -> str
     return "\n".join(out)
 
 
-def build_report(results_dir: str | Path = "results", claims: Sequence[Claim] | None = None) -> str:
+def build_report(
+    results_dir: str | Path, folders: ResultFolders, claims: Sequence[Claim] | None = None
+) -> str:
     """:func:`render_report` of :func:`collect_claims` (or the given ``claims``, already
     collected from ``results_dir``) and :func:`mechanism_lines`."""
     root = Path(results_dir)
-    claims = collect_claims(root) if claims is None else claims
-    return render_report(claims, mechanism_lines(root / ATTENTION))
+    claims = collect_claims(root, folders) if claims is None else claims
+    mechanism = mechanism_lines(root / folders.attention, folders.command(folders.attention))
+    attention = _source(root, folders, folders.attention).shown
+    return render_report(claims, mechanism, results=_name(root), attention=attention)
