@@ -14,7 +14,7 @@ from prosv_lens.vector_io import load_vector, save_vector
 
 COMMANDS = (
     "demo", "positions", "generate", "check-cache", "inspect", "models", "judge-validate",
-    "build-concept", "analyse", "figures", "sweep", "report", "reproduce",
+    "build-concept", "analyse", "figures", "sweep", "report", "reproduce", "axbench-eval",
 )  # fmt: skip
 
 
