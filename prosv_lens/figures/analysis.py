@@ -21,6 +21,7 @@ returns a matplotlib Figure; :func:`prosv_lens.figures.save` writes it as PNG an
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
@@ -76,7 +77,7 @@ def attention_heatmap_figure(
     show_steered: bool = True,
     skip_first_slot: bool = False,
     title: str = "",
-) -> object:
+) -> Figure:
     """Layer x head heatmap of the steered-minus-unsteered attention mass on the steered columns.
 
     Args:
@@ -105,7 +106,7 @@ def attention_heatmap_figure(
     return fig
 
 
-def decay_figure(decay: DecayResult, *, log_scale: bool = False, title: str = "") -> object:
+def decay_figure(decay: DecayResult, *, log_scale: bool = False, title: str = "") -> Figure:
     """Mean ``KL(steered || unsteered)`` at each answer position, one line per variant.
 
     Position ``t`` on the x axis is the answer token being predicted: 0 is predicted by the last
@@ -148,7 +149,7 @@ def _knockout_label(ko: KnockoutResult) -> str:
 
 def knockout_figure(
     knockouts: "KnockoutResult | Sequence[KnockoutResult]", title: str = ""
-) -> object:
+) -> Figure:
     """Bars per knock-out: steering effect without / with it, and its damage to the unsteered run.
 
     Bars are pooled means over every answer token (nats per token); dots are per-prompt means.
@@ -192,7 +193,7 @@ def _patch_rows(pp: PathPatchingResult, pred) -> list[int]:  # noqa: ANN001 - a 
     return [i for i in range(len(pp.labels)) if pred(i)]
 
 
-def kv_path_figure(pp: PathPatchingResult, *, measure: str = "kl", title: str = "") -> object:
+def kv_path_figure(pp: PathPatchingResult, *, measure: str = "kl", title: str = "") -> Figure:
     """Share of the steering effect carried by the steered positions' keys and/or values.
 
     Panels: (1) all layers above ``L`` together, for ``k``, ``v`` and ``kv``; (2) each single
@@ -253,7 +254,9 @@ def kv_path_figure(pp: PathPatchingResult, *, measure: str = "kl", title: str = 
     # (3) single heads
     if heads:
         ax = axes[2]
-        groups = sorted({(pp.patch_layers[i][0], pp.patch_heads[i]) for i in heads})
+        groups = sorted(
+            {(pp.patch_layers[i][0], hs) for i in heads if (hs := pp.patch_heads[i]) is not None}
+        )
         for j, mode in enumerate(modes):
             for g, (layer, hs) in enumerate(groups):
                 rows = [
@@ -353,7 +356,7 @@ def logit_lens_figure(
     results: "VectorLensResult | ResidualLensResult | Sequence[VectorLensResult | ResidualLensResult]",
     k: int = 10,
     title: str = "",
-) -> object:
+) -> Figure:
     """Horizontal bars of the ``k`` most promoted and suppressed tokens, one column per result."""
     items = (
         [results] if isinstance(results, VectorLensResult | ResidualLensResult) else list(results)
@@ -376,7 +379,7 @@ def logit_lens_figure(
     return fig
 
 
-def head_attribution_figure(dla: HeadAttributionResult, title: str = "") -> object:
+def head_attribution_figure(dla: HeadAttributionResult, title: str = "") -> Figure:
     """Layer x head: steered minus unsteered direct logit attribution of each query head to the
     steered answer's next token, averaged over answer tokens (logit units)."""
     change = dla.mean_head_change()

@@ -5,12 +5,16 @@ read from disk) and returns a matplotlib Figure; :func:`save` writes it as PNG a
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are files (CI, servers); notebooks still display them
 
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType  # matplotlib >= 3.11: the rcParams names
 
 METHOD_COLORS = {
     "unsteered": "#7f7f7f",
@@ -20,7 +24,7 @@ METHOD_COLORS = {
     "fssv": "#d62728",
 }
 FALLBACK = ("#2ca02c", "#ff7f0e", "#17becf", "#bcbd22", "#e377c2")
-RC = {
+RC: "dict[RcKeyType, Any]" = {
     "figure.dpi": 120,
     "savefig.dpi": 200,
     "font.size": 9,
