@@ -263,6 +263,15 @@ CASES: list[tuple[str, list[str], str]] = [
         ["report", "--results", "emptydir", "--out", "existing_dir"],
         "existing_dir",
     ),
+    # -- axbench-eval --------------------------------------------------------------------------
+    ("ax-missing", ["axbench-eval", "--axbench", "nope", "--out", "o"], "nope"),
+    ("ax-file", ["axbench-eval", "--axbench", "afile", "--out", "o"], "afile"),
+    (
+        "ax-concepts-0",
+        ["axbench-eval", "--axbench", "nope", "--concepts", "0", "--out", "o"],
+        "--concepts",
+    ),
+    ("ax-sizes", ["axbench-eval", "--axbench", "nope", "--sizes", "huge", "--out", "o"], "--sizes"),
     # -- sweep ---------------------------------------------------------------------------------
     ("sw-missing", ["sweep", "nope.json"], "nope.json"),
     ("sw-dir", ["sweep", "adir"], "adir"),
