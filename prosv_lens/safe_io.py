@@ -40,8 +40,10 @@ LOCK_FILE = ".prosv.lock"
 LOCK_INFO = ".prosv.lock.json"
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` then rename the result over ``path`` (folder created).
+
+    Whatever ``write`` returns is ignored (``Path.write_text`` returns a count, for one).
 
     The temporary name is unique per call; it is removed if ``write`` raises.
     """

@@ -125,5 +125,9 @@ class SavedResult:
 
 
 def _savez(path: str, arrays: dict[str, np.ndarray]) -> None:
+    # numpy's stub types ``**kwds`` next to its own ``allow_pickle: bool`` keyword, so a ``**``
+    # dict of arrays cannot be told apart from it; the names here are dataclass field names,
+    # never ``allow_pickle``, hence the Any-valued view.
+    named: dict[str, Any] = arrays
     with open(path, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+        np.savez_compressed(fh, **named)

@@ -76,7 +76,14 @@ def test_joint_training_notebook(tmp_path):
 
 @needs_axbench
 def test_axbench_eval_notebook(tmp_path):
-    _run("04_axbench_eval.py", tmp_path, PROSV_AXBENCH=str(AXBENCH / "prod_2b_l10_v1"))
+    """The experiment (prosv axbench-eval, smoke sizes, real data) and the notebook that shows
+    the committed results of its full run."""
+    from prosv_lens.cli import main
+
+    out = tmp_path / "axbench_eval"
+    argv = ["axbench-eval", "--axbench", str(AXBENCH / "prod_2b_l10_v1"), "--concepts", "2"]
+    assert main([*argv, "--sizes", "smoke", "--out", str(out)]) == 0
+    _run("04_axbench_eval.py", NOTEBOOKS)  # reads ../results/axbench_l10
     scores = json.loads((tmp_path / "axbench_eval/scores.json").read_text())
     assert [s["method"] for s in scores] == ["unsteered", "prompt", "diffmean", "prosv", "fssv"]
     for s in scores:
