@@ -1,10 +1,12 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -22,6 +24,11 @@
 #
 # Set `PROSV_SMOKE=1` to run everything at toy sizes (CI does); the model is always the real
 # SmolLM2-135M-Instruct.
+#
+# **The saved outputs** in `01_quickstart.ipynb` come from a run at those toy sizes (1 epoch on
+# 12 examples, one 8-token answer; about a minute on 2 CPU cores), so its steered answers are
+# not about the ocean yet: the full sizes (12 epochs) take about 11 minutes of training there.
+# Run it without `PROSV_SMOKE` for real answers.
 
 # %%
 import json
@@ -32,6 +39,8 @@ from prosv_lens.concepts import builtin_instructions, load_builtin_concept
 
 SMOKE = os.environ.get("PROSV_SMOKE") == "1"
 N_EXAMPLES, EPOCHS, N_TOKENS, N_PROMPTS = (12, 1, 8, 1) if SMOKE else (64, 12, 48, 3)
+print(f"{'toy' if SMOKE else 'full'} sizes: {N_EXAMPLES} examples, {EPOCHS} epochs, "
+      f"{N_TOKENS} answer tokens, {N_PROMPTS} questions")  # fmt: skip
 
 # %% [markdown]
 # ## The ten lines

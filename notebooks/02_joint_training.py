@@ -1,10 +1,12 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -46,12 +48,19 @@
 # and on the built-in "the ocean" otherwise. Section 4 shows both sweeps side by side.
 #
 # Set `PROSV_SMOKE=1` for toy sizes (CI does); the model is always the real one.
+#
+# **The saved outputs** in `02_joint_training.ipynb` come from a run at those toy sizes (one
+# training step per run on 12 examples; about 3 minutes on 2 CPU cores), so the four runs of
+# section 2 barely differ there: at full size (32 steps per run) each run takes 2-5 minutes.
+# The saved sweeps of section 4 are the full-size results either way.
 
 # %%
 import json
 import math
 import os
 from pathlib import Path
+
+from IPython.display import display
 
 from prosv_lens import TrainConfig, load_model, train
 from prosv_lens.concepts import ConceptDataError, load_axbench_concept, load_builtin_concept
@@ -66,6 +75,10 @@ N_TRAIN, N_HELDOUT, EPOCHS = (12, 4, 1) if SMOKE else (48, 16, 8)
 RESULTS = Path(os.environ.get("PROSV_RESULTS", "../results"))  # committed sweep results
 AXBENCH = os.environ.get("PROSV_AXBENCH", "../../shared/data/axbench-concept10/prod_2b_l10_v1")
 OUT = Path("joint_training")
+# prosv_lens.figures selects matplotlib's file-only Agg backend; Jupyter's draws inline:
+# %matplotlib inline
+print(f"{'toy' if SMOKE else 'full'} sizes: {N_TRAIN} training and {N_HELDOUT} held-out "
+      f"examples, {EPOCHS} epochs")  # fmt: skip
 
 # %% [markdown]
 # ## 1. The two scales
@@ -156,6 +169,7 @@ for name, s in summary.items():
 OUT.mkdir(exist_ok=True)
 fig = training_curves_figure(logs, f"{data.name[:40]} — {model.model_id} L{layer}, f2+l2")
 print("saved", [str(p) for p in save(fig, OUT / "training_curves")])
+display(fig)
 (OUT / "summary.json").write_text(
     json.dumps({"unsteered_heldout_loss": unsteered, "runs": summary}, indent=1)
 )
@@ -184,7 +198,9 @@ for name in ("heatmap_axbench", "heatmap_medium"):
               "repository root (or set PROSV_RESULTS)")  # fmt: skip
         continue
     sweep = json.loads(sweep_file.read_text())
-    print("saved", [str(p) for p in save(heatmap_figure(sweep), OUT / name)])
+    fig = heatmap_figure(sweep)
+    print("saved", [str(p) for p in save(fig, OUT / name)])
+    display(fig)
     best = min((c for c in sweep["cells"] if not c["diverged"]), key=lambda c: c["heldout_loss"])
     print(f"{sweep['concept']!r}: {len(sweep['cells'])} cells; lowest held-out loss "
           f"{best['heldout_loss']:.3f} at {best['key']}; unsteered {sweep['baseline']['heldout_loss']:.3f}")  # fmt: skip

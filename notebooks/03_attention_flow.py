@@ -1,10 +1,12 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -35,13 +37,21 @@
 # Every analysis returns a result object that is saved to disk; the figures are drawn from the
 # saved files alone (`prosv figures` redraws them without a model). Set `PROSV_SMOKE=1` for toy
 # sizes (CI); the model is always the real SmolLM2-135M-Instruct.
+#
+# **The saved outputs** in `03_attention_flow.ipynb` come from a run at those toy sizes (1 epoch
+# on 12 examples, one prompt, an answer of at most 8 tokens; about 2 minutes on 2 CPU cores):
+# they show what each analysis returns and draws, not the findings. The full sizes take over 11
+# minutes of training there; the full-size analysis of the same concept, with its figures, is
+# [`reports/attention_ocean.md`](../reports/attention_ocean.md).
 
 # %%
 import json
 import os
 from pathlib import Path
 
+import circuitsvis as cv
 import numpy as np
+from IPython.display import HTML
 
 from prosv_lens import TrainConfig, load_model, train
 from prosv_lens.analysis import (
@@ -51,7 +61,9 @@ from prosv_lens.analysis import (
     PathPatchingResult,
     ResidualLensResult,
     VectorLensResult,
+    pair_sequences,
     run_attention_analysis,
+    run_pair,
 )
 from prosv_lens.concepts import builtin_instructions, load_builtin_concept
 from prosv_lens.figures import (
@@ -67,6 +79,10 @@ from prosv_lens.figures.analysis import attention_mass
 SMOKE = os.environ.get("PROSV_SMOKE") == "1"
 N_EXAMPLES, EPOCHS, N_TOKENS, N_PROMPTS = (12, 1, 8, 1) if SMOKE else (64, 12, 48, 3)
 RESULTS, FIGURES = Path("results/attention_notebook"), Path("figures")
+# prosv_lens.figures selects matplotlib's file-only Agg backend; Jupyter's draws inline:
+# %matplotlib inline
+print(f"{'toy' if SMOKE else 'full'} sizes: {N_EXAMPLES} examples, {EPOCHS} epochs, "
+      f"{N_TOKENS} answer tokens, {N_PROMPTS} prompts")  # fmt: skip
 
 # %% [markdown]
 # ## 1. A PrOSV and an FSSV for the same concept
@@ -117,7 +133,39 @@ flow = AttentionFlowResult.load(RESULTS / "flow")
 change = attention_mass(flow) - attention_mass(flow, steered=False)
 top = np.unravel_index(np.abs(change).argmax(), change.shape)
 print(f"largest change: layer {flow.layers[top[0]]} head {top[1]}: {change[top]:+.4f}")
-attention_heatmap_figure(flow)
+fig = attention_heatmap_figure(flow)  # Jupyter draws the figures a cell leaves open
+
+# %% [markdown]
+# ### The most changed head, up close (interactive)
+# The same head's full attention pattern on the first prompt and its answer, unsteered and
+# steered, drawn by [CircuitsVis](https://github.com/TransformerLensOrg/CircuitsVis)
+# (TransformerLens's companion). Each row is a query token, each column a key token; tokens
+# marked `▶` are the four steered positions. Click a head to enlarge it and hover a token to
+# see where it looks. What to look at: the **answer rows** (the bottom part, below the
+# prompt) in the `▶` columns — how much more (or less) the answer reads from the steered
+# positions once they carry the edit, and whether the change sits on the first `▶` column (the
+# start token, which most heads use as an attention sink) or on the other three.
+#
+# The view needs JavaScript loaded from the internet (unpkg.com); GitHub's notebook preview
+# runs none, so open the `.ipynb` in Jupyter to see it. Offline, replace the last line with
+# `view`, which embeds the whole script (1.3 MB).
+
+# %%
+top_layer, top_head = flow.layers[top[0]], int(top[1])
+pattern_hook = f"blocks.{top_layer}.attn.hook_pattern"
+seq = pair_sequences(model, prompts[:1], prosv, continuation=index["answers"][:1])
+cached = run_pair(model, seq, prosv, cache=[pattern_hook])
+tokens = [
+    ("▶" if steered else "") + model.tokenizer.decode([token])
+    for token, steered in zip(seq.batch.input_ids[0].tolist(), seq.steered[0].tolist(), strict=True)
+]
+patterns = [c[pattern_hook][0, top_head] for c in (cached.cache_unsteered, cached.cache_steered)]
+view = cv.attention.attention_heads(
+    attention=np.round(np.stack([p.double().cpu().numpy() for p in patterns]), 3),  # a lighter page
+    tokens=tokens,
+    attention_head_names=[f"L{top_layer}H{top_head} {n}" for n in ("unsteered", "steered")],
+)
+HTML(view.show_code())  # loads circuitsvis's script from its CDN: the saved notebook stays small
 
 # %% [markdown]
 # ## 4. Path patching: keys vs values
@@ -135,7 +183,7 @@ carried = dict(zip(pp.labels, pp.effect_carried("kl"), strict=True))
 for label in [lb for lb in pp.labels if len(pp.patch_layers[pp.labels.index(lb)]) > 1]:
     print(f"{label:28s} carries {carried[label]:.3f} of the effect")
 print("layers ranked by restore kv:", pp.ranking("restore", "kv")[:3])
-kv_path_figure(pp)
+fig = kv_path_figure(pp)
 
 # %% [markdown]
 # ## 5. Knock-out: a blunter tool
@@ -148,7 +196,7 @@ kv_path_figure(pp)
 kos = [KnockoutResult.load(RESULTS / s) for s in ("knockout_renorm", "knockout_plain")]
 for ko in kos:
     print("renormalised" if ko.renormalize else "plain", ko.summary())
-knockout_figure(kos)
+fig = knockout_figure(kos)
 
 # %% [markdown]
 # ## 6. Decay along the answer: PrOSV vs FSSV
@@ -162,7 +210,7 @@ for name, row in zip(decay.names, decay.mean_kl(), strict=True):
     print(
         f"{name}: mean KL first half {np.nanmean(row[:half]):.3f}, second {np.nanmean(row[half:]):.3f}"
     )
-decay_figure(decay, log_scale=True)
+fig = decay_figure(decay, log_scale=True)
 
 # %% [markdown]
 # ## 7. What the vector says in words
