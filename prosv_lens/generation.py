@@ -151,10 +151,10 @@ def generate(
         # Same pipeline layer; imported here because hf_generation imports this module.
         from prosv_lens.hf_generation import generate_hf
 
-        tokens, lengths, step_logits = generate_hf(
+        hf_tokens, hf_lengths, hf_logits = generate_hf(
             model, batch, interventions, cfg, record_logits=record_logits
         )
-        return _generation(model, batch, tokens, lengths, step_logits)
+        return _generation(model, batch, hf_tokens, hf_lengths, hf_logits)
     rows, n_prompt = batch.batch_size, batch.n_pos
     stops = torch.tensor(model.stop_token_ids, device=model.device)
     pad_id = model.tokenizer.pad_token_id
@@ -231,11 +231,16 @@ def _generation(
     lengths: tuple[int, ...],
     step_logits: StepLogits | None,
 ) -> Generation:
-    texts = tuple(
-        model.tokenizer.decode(tokens[i, :n], skip_special_tokens=True)
-        for i, n in enumerate(lengths)
-    )
+    texts = tuple(_decode(model, tokens[i, :n]) for i, n in enumerate(lengths))
     return Generation(batch.to("cpu"), tokens, tuple(int(n) for n in lengths), texts, step_logits)
+
+
+def _decode(model: LoadedModel, ids: torch.Tensor) -> str:
+    """One row of ids as text (special tokens dropped)."""
+    text = model.tokenizer.decode(ids, skip_special_tokens=True)
+    # transformers types decode's result as ``str | list[str]`` (a batch gives a list).
+    assert isinstance(text, str), "one row of ids decodes to one string"
+    return text
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import GenerationConfig as HFGenerationConfig
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from prosv_lens.errors import ProsvError, SteeringStateError
 from prosv_lens.generation import GenerationConfig
@@ -171,8 +172,8 @@ def hf_steering(
     handles = []
     try:
         if model.dtype == torch.float64:
-            for layer in layers:
-                handles.append(layer.register_forward_hook(_finite_output))
+            for block in layers:
+                handles.append(block.register_forward_hook(_finite_output))
         for layer, fn in hooks:
             handles.append(layers[layer].register_forward_hook(fn, with_kwargs=True))
         yield
@@ -247,6 +248,8 @@ def generate_hf(
         id after a row stops), tokens per row with its stop token, and the logits or ``None``.
     """
     hf = hf if hf is not None else hf_causal_lm(model)
+    if not isinstance(hf, GenerationMixin):  # every *ForCausalLM is; PreTrainedModel alone is not
+        raise ProsvError(f"{type(hf).__name__} has no generate(): pass a *ForCausalLM model as hf")
     batch = left_padded(batch.to(model.device))
     stops = list(model.stop_token_ids)
     pad_id = model.tokenizer.pad_token_id
@@ -256,16 +259,23 @@ def generate_hf(
         hf_steering(model, hf, interventions, batch),
         seeded(cfg.seed if cfg.do_sample else None, model.device),
     ):
-        out = hf.generate(
+        # transformers types generate's self as its GenerativePreTrainedModel Protocol (written
+        # for the ty checker), which mypy does not match against PreTrainedModel's attributes.
+        out = hf.generate(  # type: ignore[misc]
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             generation_config=decoding,
         )
+    # return_dict_in_generate=True without beams, on a decoder-only model: this output type.
+    assert isinstance(out, GenerateDecoderOnlyOutput), type(out).__name__
     tokens = out.sequences[:, batch.n_pos :].cpu()
     width = tokens.shape[1]
     lengths = torch.full((batch.batch_size,), width)
     if cfg.stop_at_eos:
         is_stop = torch.isin(tokens, torch.tensor(stops))
         lengths = torch.where(is_stop.any(dim=1), is_stop.int().argmax(dim=1) + 1, lengths)
-    step_logits = torch.stack(out.logits, dim=1).float().cpu() if record_logits else None
+    step_logits = None
+    if record_logits:
+        assert out.logits is not None, "output_logits=True returns every step's logits"
+        step_logits = torch.stack(out.logits, dim=1).float().cpu()
     return tokens, tuple(int(n) for n in lengths.tolist()), step_logits
