@@ -162,7 +162,8 @@ def validate_offline_judge(
         else [m["concept_id"] for m in axbench_concepts(folder)]
     )
     concepts = tuple(validate_concept(judge, folder, cid) for cid in ids)
-    instructions, responses = [], []
+    instructions: list[str] = []
+    responses: list[str] = []
     for cid in ids:
         data = load_axbench_latent_eval(folder, cid)
         instructions += data.instructions

