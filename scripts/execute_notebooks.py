@@ -69,7 +69,12 @@ def execute(py: Path, *, full: bool, timeout: int) -> float:
         Seconds the kernel took.
     """
     nb = pair(py)
-    env = {"PROSV_SMOKE": "0" if full else "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        "PROSV_SMOKE": "0" if full else "1",
+        # No hub download unless asked for (HF_HUB_OFFLINE=0), no progress bars where tqdm allows.
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1"),
+    }
     with tempfile.TemporaryDirectory(prefix="prosv_notebooks_") as tmp:
         repo = Path(tmp) / ROOT.name
         cwd = repo / "notebooks"
