@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from prosv_lens._version import __version__
 from prosv_lens.concepts import ConceptData
@@ -48,7 +49,10 @@ def model_fingerprint(model: LoadedModel) -> dict[str, Any]:
     """What identifies the model a vector is trained in: id, sizes, dtype, chat template and a
     hash of (the first rows of) its token embedding, so a same-named folder with other weights
     is told apart too."""
-    embed = model.bridge.original_model.get_input_embeddings().weight
+    hf = model.bridge.original_model
+    assert isinstance(hf, PreTrainedModel), "the bridge wraps a Hugging Face model"
+    embed = hf.get_input_embeddings().weight
+    assert isinstance(embed, torch.Tensor), "the input embedding has a weight matrix"
     rows = embed[:64].detach().float().cpu().contiguous()
     return {
         "model_id": model.model_id,

@@ -223,6 +223,7 @@ def matmul_flops_per_token(model: LoadedModel, layers: int, unembed: bool) -> fl
     counting the weight matmuls only (attention scores are small at these lengths)."""
     cfg = model.bridge.cfg
     d, d_mlp = cfg.d_model, cfg.d_mlp
+    assert d_mlp is not None, "the models trained here all have MLP blocks"
     d_head = cfg.d_head
     n_heads = cfg.n_heads
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads

@@ -121,6 +121,7 @@ def step_bytes_per_token(model: LoadedModel, layer: int, *, path: str, tokens_pe
     are computed in chunks of bounded size (:mod:`prosv_lens.training.bounded_ce`), not per row.
     """
     cfg = model.bridge.cfg
+    assert cfg.d_mlp is not None, "the models trained here all have MLP blocks"
     blocks = cfg.n_layers - (layer + 1 if path == "fast" else 0)
     per_block = 12 * cfg.d_model + 4 * cfg.d_mlp + 3 * cfg.n_heads * tokens_per_row
     logits = 16 * cfg.d_vocab if path == "full" else 0
@@ -179,6 +180,7 @@ def _optimizer(cfg: TrainConfig, alpha: nn.Parameter, v: nn.Parameter, total: in
     groups = [{"params": [v], "lr": cfg.lr_v, "name": "v"}]
     if alpha.requires_grad:
         groups.append({"params": [alpha], "lr": cfg.lr_alpha, "name": "alpha"})
+    opt: torch.optim.Optimizer
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(groups, weight_decay=0.0)
     else:
@@ -413,7 +415,7 @@ def _update(
     c.optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
         if cfg.variant == "unit":
-            c.v /= c.v.norm()
+            c.v.div_(c.v.norm())  # in place, as ``/=`` was; keeps the Parameter
         if not (torch.isfinite(c.v).all() and torch.isfinite(c.alpha)):
             raise _diverged(cfg, t, c, "parameters became non-finite")
         alpha, v_norm = float(c.alpha), float(c.v.norm())
