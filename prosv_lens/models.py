@@ -404,7 +404,9 @@ def _convert_gguf_into(name: str, tmp: Path) -> None:
     gguf = _gguf_file(name, tmp)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    hf.hf_quantizer = None  # weights are plain fp32 after dequantisation
+    # Weights are plain fp32 after dequantisation. The ignore: torch types Module.__setattr__'s
+    # value as Tensor | Module, but a plain attribute takes any value at runtime.
+    hf.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
     hf.config.architectures = [type(hf).__name__]  # GGUF configs lack it; TL needs it (gemma3_text)

@@ -25,6 +25,7 @@ Guarantees:
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -271,7 +272,13 @@ def _encode_one(
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], gen: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+    # transformers annotates the conversation as list[dict]; any mapping renders the same (the
+    # template only reads "role" and "content"), so the cast only restates its element type.
+    conversation = cast(list[dict[str, str]], messages)
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=gen)
+    # Typed as a union over tokenize=True/False; with tokenize=False it is the rendered text.
+    assert isinstance(text, str), type(text).__name__
+    return text
 
 
 def _render_chat(

@@ -300,8 +300,8 @@ def path_patching(
 
     cfg = model.bridge.cfg
 
-    def stack(i: int) -> np.ndarray:
-        return torch.stack([d[i] for d in done]).numpy() if done else np.zeros((0, *lp_u.shape[:2]))
+    def stack(per_patch: list[torch.Tensor]) -> np.ndarray:
+        return torch.stack(per_patch).numpy() if per_patch else np.zeros((0, *lp_u.shape[:2]))
 
     return PathPatchingResult(
         layer=vector.layer,
@@ -318,8 +318,8 @@ def path_patching(
         kl_unsteered=kl_div(lp_s, lp_u, seq.gen_valid).numpy(),
         logprob_steered=target_logprobs(lp_s, seq).numpy(),
         logprob_unsteered=target_logprobs(lp_u, seq).numpy(),
-        kl=stack(2),
-        logprob=stack(3),
+        kl=stack([kl for _, _, kl, _ in done]),
+        logprob=stack([lp for _, _, _, lp in done]),
     )
 
 
