@@ -1,10 +1,12 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -42,6 +44,8 @@ from prosv_lens.evaluation.steering_eval import KEY_FIELDS
 from prosv_lens.figures import steering_scores_figure
 
 RESULTS = Path("../results/axbench_l10")  # run from notebooks/, as Jupyter does
+# prosv_lens.figures selects matplotlib's file-only Agg backend; Jupyter's draws inline:
+# %matplotlib inline
 
 # %% [markdown]
 # ## Scores per method
