@@ -56,10 +56,36 @@ WEAVE_USER = "{instruction} (Mention {concept} in your answer.)"
 _FORMAT_VERSION = 2  # of concept files; bump when the selection rule changes
 _PLAIN_FORMAT_VERSION = 1
 _STOPWORDS = frozenset(
-    ("a", "an", "and", "or", "the", "of", "to", "in", "on", "for", "with", "about", "by", "from",
-     "into", "as", "its", "their", "this", "that", "these", "those", "things", "related",
-     "references", "mentions", "terms")
-)  # fmt: skip
+    (
+        "a",
+        "an",
+        "and",
+        "or",
+        "the",
+        "of",
+        "to",
+        "in",
+        "on",
+        "for",
+        "with",
+        "about",
+        "by",
+        "from",
+        "into",
+        "as",
+        "its",
+        "their",
+        "this",
+        "that",
+        "these",
+        "those",
+        "things",
+        "related",
+        "references",
+        "mentions",
+        "terms",
+    )
+)
 _EMPTY_FALLBACK = "OK."  # an empty answer would be an empty training target
 
 

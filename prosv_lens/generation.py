@@ -181,16 +181,23 @@ def generate(
             if step == 0:
                 state.offset = 0
                 logits, cache = model.bridge(
-                    ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep_prefill,
-                    return_type="logits_and_cache", use_cache=cfg.use_cache,
-                )  # fmt: skip
+                    ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    logits_to_keep=keep_prefill,
+                    return_type="logits_and_cache",
+                    use_cache=cfg.use_cache,
+                )
                 next_logits = logits[:, -1] if keep_prefill else logits[torch.arange(rows), last]
             elif cfg.use_cache:
                 state.offset = n_prompt + step - 1
                 logits, cache = model.bridge(
-                    ids[:, -1:], attention_mask=mask, position_ids=next_pos - 1,
-                    past_key_values=cache, return_type="logits_and_cache",
-                )  # fmt: skip
+                    ids[:, -1:],
+                    attention_mask=mask,
+                    position_ids=next_pos - 1,
+                    past_key_values=cache,
+                    return_type="logits_and_cache",
+                )
                 next_logits = logits[:, -1]
             else:
                 state.offset = 0
@@ -279,9 +286,12 @@ def check_cache_equivalence(
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop_at_eos=True)
     cached = generate(model, prompts, interventions, cfg, record_logits=True)
     uncached = generate(
-        model, cached.prompt, interventions, GenerationConfig(**{**cfg.__dict__, "use_cache": False}),
+        model,
+        cached.prompt,
+        interventions,
+        GenerationConfig(**{**cfg.__dict__, "use_cache": False}),
         record_logits=True,
-    )  # fmt: skip
+    )
     assert cached.step_logits is not None and uncached.step_logits is not None
     steps = min(cached.tokens.shape[1], uncached.tokens.shape[1])
     same = (cached.tokens[:, :steps] == uncached.tokens[:, :steps]).all(dim=0)

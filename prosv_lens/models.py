@@ -166,8 +166,14 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "float64": torch.float64,
 }
-_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
-                  "fp64": "float64", "double": "float64"}  # fmt: skip
+_DTYPE_ALIASES = {
+    "fp32": "float32",
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "half": "float16",
+    "fp64": "float64",
+    "double": "float64",
+}
 
 
 def parse_dtype(dtype: "str | torch.dtype") -> torch.dtype:
@@ -496,9 +502,11 @@ def _tiny_config(
     if arch == "gemma2":
         # Small caps so both soft-caps act at these logit sizes (Gemma-2-2B: 50 and 30).
         return transformers.Gemma2Config(
-            **gemma, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+            **gemma,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0,
             architectures=["Gemma2ForCausalLM"],
-        )  # fmt: skip
+        )
     if arch == "gemma3":
         return transformers.Gemma3TextConfig(
             **gemma, final_logit_softcapping=3.0, architectures=["Gemma3ForCausalLM"]

@@ -97,10 +97,12 @@ def _download_axbench(spec: str) -> AxBenchFolder:
     def fetch(split: str) -> Path:
         return Path(
             hf_hub_download(
-                repo_id, f"{prefix}{split}/data.parquet", repo_type="dataset",
+                repo_id,
+                f"{prefix}{split}/data.parquet",
+                repo_type="dataset",
                 revision=revision or None,
             )
-        )  # fmt: skip
+        )
 
     try:
         train = fetch("train")
@@ -299,10 +301,12 @@ def load_axbench_training_set(
     src = resolve_axbench(folder)
     concept, genre = _concept_meta(src, concept_id)
     return AxBenchTrainingSet(
-        concept_id, concept, genre,
+        concept_id,
+        concept,
+        genre,
         load_axbench_concept(src, concept_id),
         load_axbench_concept(src, concept_id, negatives="genre"),
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
@@ -340,6 +344,9 @@ def load_axbench_latent_eval(
     rows = _read_parquet(src.latent_file, "latent evaluation data")
     rows = rows[rows.concept_id == concept_id]
     return LabeledResponses(
-        concept, tuple(rows.input), tuple(rows.output),
-        tuple(rows.category), tuple(rows.concept_genre),
-    )  # fmt: skip
+        concept,
+        tuple(rows.input),
+        tuple(rows.output),
+        tuple(rows.category),
+        tuple(rows.concept_genre),
+    )

@@ -103,11 +103,16 @@ def validate_concept(judge: OfflineJudge, folder: str | Path, concept_id: int) -
     plain = judge.plain_cosines(data.responses, data.concept)
     pos, neg, hard = (labels == "positive"), (labels == "negative"), (labels == "hard negative")
     return ConceptValidation(
-        concept_id, data.concept, int(pos.sum()), int(neg.sum()), int(hard.sum()),
-        _auroc(scores[pos], scores[neg]), _auroc(plain[pos], plain[neg]),
+        concept_id,
+        data.concept,
+        int(pos.sum()),
+        int(neg.sum()),
+        int(hard.sum()),
+        _auroc(scores[pos], scores[neg]),
+        _auroc(plain[pos], plain[neg]),
         _auroc(scores[pos], scores[hard]) if hard.any() else None,
         _auroc(plain[pos], plain[hard]) if hard.any() else None,
-    )  # fmt: skip
+    )
 
 
 def validate_relevance(
@@ -131,9 +136,12 @@ def validate_relevance(
     q_own, q_mis, r = judge.embed(instructions), judge.embed(other), judge.embed(responses)
     own_p, mis_p = np.sum(q_own * r, axis=1), np.sum(q_mis * r, axis=1)
     return RelevanceValidation(
-        n, _auroc(own_s, mis_s), float(np.mean(own_s > mis_s)),
-        _auroc(own_p, mis_p), float(np.mean(own_p > mis_p)),
-    )  # fmt: skip
+        n,
+        _auroc(own_s, mis_s),
+        float(np.mean(own_s > mis_s)),
+        _auroc(own_p, mis_p),
+        float(np.mean(own_p > mis_p)),
+    )
 
 
 def validate_offline_judge(
@@ -182,10 +190,11 @@ def format_validation(results: JudgeValidation | Sequence[JudgeValidation]) -> s
     lines = []
     for res in results:
         lines += [
-            f"### {Path(res.folder).name} ({res.judge})", "",
+            f"### {Path(res.folder).name} ({res.judge})",
+            "",
             "| id | concept | pos/neg/hard | AUROC | plain cosine | AUROC hard | plain hard |",
             "| --- | --- | --- | --- | --- | --- | --- |",
-        ]  # fmt: skip
+        ]
         for c in res.concepts:
             lines.append(
                 f"| {c.concept_id} | {c.concept[:60]} | {c.n_positive}/{c.n_negative}/{c.n_hard} "
@@ -193,8 +202,9 @@ def format_validation(results: JudgeValidation | Sequence[JudgeValidation]) -> s
             )
         lines += [
             f"| | **mean** | | **{res.mean_auroc:.3f}** | {res.mean_auroc_plain:.3f} "
-            f"| {_f(res.mean_auroc_hard)} | {_f(res.mean_auroc_hard_plain)} |", "",
-        ]  # fmt: skip
+            f"| {_f(res.mean_auroc_hard)} | {_f(res.mean_auroc_hard_plain)} |",
+            "",
+        ]
     lines += [
         "| folder | mean AUROC | plain cosine | mean AUROC hard | plain hard | relevance AUROC | relevance acc | plain rel. AUROC | plain rel. acc |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -70,9 +70,11 @@ class Rating:
     @classmethod
     def from_dict(cls, data: dict) -> "Rating":
         return cls(
-            float(data["concept"]), float(data["instruct"]), float(data["fluency"]),
+            float(data["concept"]),
+            float(data["instruct"]),
+            float(data["fluency"]),
             data.get("details"),
-        )  # fmt: skip
+        )
 
 
 def _parse_failures(details: Mapping | None) -> tuple[str, ...]:

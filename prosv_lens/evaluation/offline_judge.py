@@ -267,9 +267,12 @@ class OfflineJudge(Judge):
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if missing:
             vectors = self._load_encoder().encode(
-                missing, batch_size=self.config.embed_batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False,
-            )  # fmt: skip
+                missing,
+                batch_size=self.config.embed_batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
             self._cache.update(zip(missing, vectors.astype(np.float32), strict=True))
         return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 384))
 
@@ -296,10 +299,12 @@ class OfflineJudge(Judge):
         if len(instructions) != len(responses):
             raise ValueError(f"{len(instructions)} instructions for {len(responses)} responses")
         q, whole = self.embed(instructions), self.embed(responses)
-        best = np.array([
-            np.max(self.embed(split_sentences(r, self.config.max_sentences)) @ q[i])
-            for i, r in enumerate(responses)
-        ])  # fmt: skip
+        best = np.array(
+            [
+                np.max(self.embed(split_sentences(r, self.config.max_sentences)) @ q[i])
+                for i, r in enumerate(responses)
+            ]
+        )
         return 0.5 * (np.sum(q * whole, axis=1) + best)
 
     def fluency_scores(
@@ -314,8 +319,13 @@ class OfflineJudge(Judge):
         )
         cols = {k: np.array([s[k] for s in stats]) for k in stats[0]} if stats else {}
         empty = np.zeros(0)
-        return FluencyScores(nll, *(cols.get(k, empty) for k in (
-            "repeat_3gram", "distinct_2", "compression", "non_alpha", "n_bytes")))  # fmt: skip
+        return FluencyScores(
+            nll,
+            *(
+                cols.get(k, empty)
+                for k in ("repeat_3gram", "distinct_2", "compression", "non_alpha", "n_bytes")
+            ),
+        )
 
     # ------------------------------------------------------------------ ratings
 
@@ -334,13 +344,19 @@ class OfflineJudge(Judge):
         out = []
         for i in range(len(items)):
             flu = fluency.row(i)
-            out.append(Rating(
-                to_rating(float(concept[i]), CONCEPT_THRESHOLDS),
-                to_rating(float(relevance[i]), RELEVANCE_THRESHOLDS),
-                fluency_rating(flu, self._nll_thresholds),
-                {"judge": self.name, "concept_score": float(concept[i]),
-                 "relevance_score": float(relevance[i]), **flu},
-            ))  # fmt: skip
+            out.append(
+                Rating(
+                    to_rating(float(concept[i]), CONCEPT_THRESHOLDS),
+                    to_rating(float(relevance[i]), RELEVANCE_THRESHOLDS),
+                    fluency_rating(flu, self._nll_thresholds),
+                    {
+                        "judge": self.name,
+                        "concept_score": float(concept[i]),
+                        "relevance_score": float(relevance[i]),
+                        **flu,
+                    },
+                )
+            )
         return out
 
 
@@ -383,9 +399,12 @@ def response_nll(
     for start in range(0, len(scored), step):
         rows = scored[start : start + step]
         batch = encode_prompts(
-            model, [instructions[i] for i in rows], padding_side="right",
-            responses=[responses[i] for i in rows], max_response_tokens=config.max_response_tokens,
-        )  # fmt: skip
+            model,
+            [instructions[i] for i in rows],
+            padding_side="right",
+            responses=[responses[i] for i in rows],
+            max_response_tokens=config.max_response_tokens,
+        )
         ids, mask = batch.input_ids.to(model.device), batch.attention_mask.to(model.device)
         with torch.no_grad():
             logits = model.bridge(

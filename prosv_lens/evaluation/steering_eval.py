@@ -226,10 +226,16 @@ def _run(
     suite: str,
 ) -> None:
     todo = [
-        t for t in tasks
-        if not log.has(suite=suite, concept=concept, method=method.name, factor=factor,
-                       instruction_id=t.instruction_id)
-    ]  # fmt: skip
+        t
+        for t in tasks
+        if not log.has(
+            suite=suite,
+            concept=concept,
+            method=method.name,
+            factor=factor,
+            instruction_id=t.instruction_id,
+        )
+    ]
     for s in range(0, len(todo), cfg.batch_size):
         part = todo[s : s + cfg.batch_size]
         seed = zlib.crc32(
@@ -264,7 +270,7 @@ def _run(
                 "judge": judge.name,
                 "seed": seed,
                 **rating_fields(rating),
-            }  # fmt: skip
+            }
             for t, p, text, n, rating in zip(
                 part, prompts, out.texts, out.lengths, ratings, strict=True
             )

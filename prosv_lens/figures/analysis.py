@@ -244,9 +244,13 @@ def kv_path_figure(pp: PathPatchingResult, *, measure: str = "kl", title: str = 
             )
             if rows:
                 ax.plot(
-                    [pp.patch_layers[i][0] for i in rows], carried[rows], style, marker=".",
-                    color=MODE_COLORS[mode], label=f"{mode} {comp}",
-                )  # fmt: skip
+                    [pp.patch_layers[i][0] for i in rows],
+                    carried[rows],
+                    style,
+                    marker=".",
+                    color=MODE_COLORS[mode],
+                    label=f"{mode} {comp}",
+                )
     ax.set_xlabel("layer")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("one layer at a time", fontsize=8)

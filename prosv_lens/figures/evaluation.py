@@ -59,9 +59,15 @@ def tradeoff_figure(points: Sequence[dict], title: str = "") -> object:
         seen[c] = seen.get(c, -1) + 1  # variants of one family (fssv 80%, 50%): new markers
         marker = MARKERS[seen[c] % len(MARKERS)]
         ax.errorbar(
-            u["mean"], r["mean"], xerr=list(_err(u)), yerr=list(_err(r)),
-            fmt=marker, color=c, capsize=2, label=p["method"],
-        )  # fmt: skip
+            u["mean"],
+            r["mean"],
+            xerr=list(_err(u)),
+            yerr=list(_err(r)),
+            fmt=marker,
+            color=c,
+            capsize=2,
+            label=p["method"],
+        )
     ax.set_xlabel("utility accuracy")
     ax.set_ylabel("robustness (judge overall, 0-2)")
     ax.legend(fontsize=7)

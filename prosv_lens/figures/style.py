@@ -47,9 +47,13 @@ def figure(
     """A new figure in the house style: ``(fig, axes)`` (one axis, or a row of ``ncols``)."""
     with plt.rc_context(RC):
         fig, axes = plt.subplots(
-            1, ncols, figsize=(width * ncols, height), squeeze=False, sharey=sharey,
+            1,
+            ncols,
+            figsize=(width * ncols, height),
+            squeeze=False,
+            sharey=sharey,
             layout="constrained",
-        )  # fmt: skip
+        )
     return fig, axes[0] if ncols > 1 else axes[0][0]
 
 

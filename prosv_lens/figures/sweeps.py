@@ -40,9 +40,12 @@ def heatmap_figure(sweep: dict) -> object:
     optimizers = [o for o in cfg["optimizers"] if any(c["optimizer"] == o for c in sweep["cells"])]
     with plt.rc_context(RC):
         fig, axes = plt.subplots(
-            len(optimizers), 2, figsize=(7.2, 2.7 * len(optimizers)), squeeze=False,
+            len(optimizers),
+            2,
+            figsize=(7.2, 2.7 * len(optimizers)),
+            squeeze=False,
             layout="constrained",
-        )  # fmt: skip
+        )
     base = sweep.get("baseline") or {}
     unsteered = {
         "loss": base.get("heldout_loss"),
@@ -107,8 +110,10 @@ def position_sweep_figure(sweep: dict) -> object:
     cells = sweep["cells"]
     names = [c["positions"] for c in cells]
     fam = {"all": "fssv", "f2+l2": "prosv"}
-    colors = [color(fam.get(n, n), i) if n in fam else FALLBACK[i % len(FALLBACK)]
-              for i, n in enumerate(names)]  # fmt: skip
+    colors = [
+        color(fam.get(n, n), i) if n in fam else FALLBACK[i % len(FALLBACK)]
+        for i, n in enumerate(names)
+    ]
     with plt.rc_context(RC):
         fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 2.8), layout="constrained")
     for i, c in enumerate(cells):

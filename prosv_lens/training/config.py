@@ -83,26 +83,58 @@ class TrainConfig:
     def __post_init__(self) -> None:
         PositionSpec.parse(self.positions)  # raises PositionSpecError on a bad spec
         checks = [
-            (isinstance(self.layer, int) and self.layer >= 0, f"layer must be an int >= 0, got {self.layer!r}"),
-            (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}"),
+            (
+                isinstance(self.layer, int) and self.layer >= 0,
+                f"layer must be an int >= 0, got {self.layer!r}",
+            ),
+            (
+                self.objective in OBJECTIVES,
+                f"objective must be one of {OBJECTIVES}, got {self.objective!r}",
+            ),
             (self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
+            (
+                self.optimizer in OPTIMIZERS,
+                f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
+            ),
             (self.path in PATHS, f"path must be one of {PATHS}, got {self.path!r}"),
-            (self.param_dtype in PARAM_DTYPES, f"param_dtype must be one of {PARAM_DTYPES}, got {self.param_dtype!r}"),
+            (
+                self.param_dtype in PARAM_DTYPES,
+                f"param_dtype must be one of {PARAM_DTYPES}, got {self.param_dtype!r}",
+            ),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
-            (all(math.isfinite(x) and x > 0 for x in (self.beta, self.c, self.lr_v, self.lr_alpha)),
-             "beta, c, lr_v and lr_alpha must be finite and > 0"),
-            (self.clip_v is None or self.clip_v > 0, f"clip_v must be > 0 or None, got {self.clip_v}"),
-            (self.max_response_tokens is None or self.max_response_tokens >= 1,
-             f"max_response_tokens must be >= 1 or None, got {self.max_response_tokens}"),
-            (isinstance(self.seed, int) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}"),
-            (isinstance(self.logits_budget_mb, int) and self.logits_budget_mb > 0,
-             f"logits_budget_mb must be an int > 0, got {self.logits_budget_mb!r}"),
-            (self.pad_multiple is None or (isinstance(self.pad_multiple, int) and self.pad_multiple >= 1),
-             f"pad_multiple must be an int >= 1 or None, got {self.pad_multiple!r}"),
-            (self.compile is None or self.path == "fast",
-             "compile applies to the fast path's upper blocks: use path='fast' or compile=None"),
-        ]  # fmt: skip
+            (
+                all(
+                    math.isfinite(x) and x > 0
+                    for x in (self.beta, self.c, self.lr_v, self.lr_alpha)
+                ),
+                "beta, c, lr_v and lr_alpha must be finite and > 0",
+            ),
+            (
+                self.clip_v is None or self.clip_v > 0,
+                f"clip_v must be > 0 or None, got {self.clip_v}",
+            ),
+            (
+                self.max_response_tokens is None or self.max_response_tokens >= 1,
+                f"max_response_tokens must be >= 1 or None, got {self.max_response_tokens}",
+            ),
+            (
+                isinstance(self.seed, int) and self.seed >= 0,
+                f"seed must be an int >= 0, got {self.seed!r}",
+            ),
+            (
+                isinstance(self.logits_budget_mb, int) and self.logits_budget_mb > 0,
+                f"logits_budget_mb must be an int > 0, got {self.logits_budget_mb!r}",
+            ),
+            (
+                self.pad_multiple is None
+                or (isinstance(self.pad_multiple, int) and self.pad_multiple >= 1),
+                f"pad_multiple must be an int >= 1 or None, got {self.pad_multiple!r}",
+            ),
+            (
+                self.compile is None or self.path == "fast",
+                "compile applies to the fast path's upper blocks: use path='fast' or compile=None",
+            ),
+        ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"bad TrainConfig: {message}")

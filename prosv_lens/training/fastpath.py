@@ -213,9 +213,13 @@ class UpperStack:
         soft-cap if the model has one and log-softmax, in chunks whose logits working set stays
         within ``budget_bytes`` (:func:`~prosv_lens.training.bounded_ce.token_logprobs`)."""
         return token_logprobs(
-            hidden, self.weight, targets, bias=self.bias, softcap=self.softcap,
+            hidden,
+            self.weight,
+            targets,
+            bias=self.bias,
+            softcap=self.softcap,
             budget_bytes=budget_bytes,
-        )  # fmt: skip
+        )
 
 
 def matmul_flops_per_token(model: LoadedModel, layers: int, unembed: bool) -> float:

@@ -233,8 +233,11 @@ class _Runner:
         )
         self.pad_multiple = cfg.pad_multiple or (1 if model.device.type == "cpu" else 64)
         if self.upper is not None:  # a budget too small for one token's logits fails before work
-            rows_per_chunk(self.upper.weight, softcap=self.upper.softcap,
-                           budget_bytes=cfg.logits_budget_mb << 20)  # fmt: skip
+            rows_per_chunk(
+                self.upper.weight,
+                softcap=self.upper.softcap,
+                budget_bytes=cfg.logits_budget_mb << 20,
+            )
         self.caches: list[ResidualCache] = []
         if self.upper is not None:
             budget = cache_budget // max(1, len(self.batches))
@@ -271,9 +274,12 @@ class _Runner:
 
     def _encode(self, d: ConceptData, responses: Sequence[str], spec: PositionSpec) -> int:
         batch = encode_prompts(
-            self.model, list(d.prompts), padding_side="right", responses=list(responses),
+            self.model,
+            list(d.prompts),
+            padding_side="right",
+            responses=list(responses),
             max_response_tokens=self.cfg.max_response_tokens,
-        )  # fmt: skip
+        )
         mask = spec.resolve(batch).mask
         empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
         if empty:
@@ -289,9 +295,12 @@ class _Runner:
         rows = gather_rows(self.batches, self.masks, sources, pad_multiple=self.pad_multiple)
         if self.upper is not None:
             return logprobs_fast(
-                self.upper, self.caches, rows, deltas,
+                self.upper,
+                self.caches,
+                rows,
+                deltas,
                 logits_budget_bytes=self.cfg.logits_budget_mb << 20,
-            )  # fmt: skip
+            )
         return logprobs_full(self.model, self.cfg.layer, rows, deltas)
 
     def reference_resid_norm(self, rows: int = 8) -> float:
@@ -307,9 +316,11 @@ class _Runner:
         ids, mask = batch.input_ids[:n].to(self.model.device), batch.attention_mask[:n]
         with torch.no_grad():
             self.model.bridge.run_with_hooks(
-                ids, attention_mask=mask.to(self.model.device),
-                fwd_hooks=[(self.model.hook_name(self.cfg.layer), keep)], return_type=None,
-            )  # fmt: skip
+                ids,
+                attention_mask=mask.to(self.model.device),
+                fwd_hooks=[(self.model.hook_name(self.cfg.layer), keep)],
+                return_type=None,
+            )
         return float(seen[0].cpu()[mask.bool()].median())
 
     def _reference_logprobs(self) -> None:
@@ -422,16 +433,24 @@ def _update(
     edit = abs(alpha) * v_norm
     if edit > EDIT_LIMIT * resid_norm:
         raise _diverged(
-            cfg, t, c,
+            cfg,
+            t,
+            c,
             f"the edit |alpha v| = {edit:.3g} (alpha {alpha:.3g}, |v| {v_norm:.3g}) "
             f"is {edit / resid_norm:.3g}x the median residual norm {resid_norm:.3g} at layer "
             f"{cfg.layer} (limit {EDIT_LIMIT:g}x)",
-        )  # fmt: skip
+        )
     return {
-        "step": t, "epoch": t // c.steps_per_epoch, "loss": value, "alpha": alpha, "v_norm": v_norm,
-        "grad_norm_v": grad_v, "grad_alpha": grad_a,
-        "lr_v": lrs["v"], "lr_alpha": lrs.get("alpha", 0.0),
-    }  # fmt: skip
+        "step": t,
+        "epoch": t // c.steps_per_epoch,
+        "loss": value,
+        "alpha": alpha,
+        "v_norm": v_norm,
+        "grad_norm_v": grad_v,
+        "grad_alpha": grad_a,
+        "lr_v": lrs["v"],
+        "lr_alpha": lrs.get("alpha", 0.0),
+    }
 
 
 def train(
@@ -527,13 +546,22 @@ def _run(
         save_checkpoint(folder, state_dict(fp, runner.concepts, total))
     vectors = {
         c.data.name: SteeringVector(
-            c.v.detach().cpu(), layer=cfg.layer, positions=cfg.positions, alpha=c.alpha.detach().cpu(),
-            model_id=model.model_id, chat_template_hash=model.chat_template_hash,
-            info={"method": f"trained/{cfg.variant}", "concept": c.data.name, "train_config": cfg.to_dict(),
-                  "final_loss": c.log[-1]["loss"] if c.log else None, "train_log": c.log},
+            c.v.detach().cpu(),
+            layer=cfg.layer,
+            positions=cfg.positions,
+            alpha=c.alpha.detach().cpu(),
+            model_id=model.model_id,
+            chat_template_hash=model.chat_template_hash,
+            info={
+                "method": f"trained/{cfg.variant}",
+                "concept": c.data.name,
+                "train_config": cfg.to_dict(),
+                "final_loss": c.log[-1]["loss"] if c.log else None,
+                "train_log": c.log,
+            },
         )
         for c in runner.concepts
-    }  # fmt: skip
+    }
     return TrainResult(
         vectors,
         {c.data.name: c.log for c in runner.concepts},
@@ -554,8 +582,12 @@ def response_loss(
     max_response_tokens: int | None = 128,
 ) -> torch.Tensor:
     """Per-example mean response NLL (the ``lang`` loss) under ``vector`` (``None``: unsteered)."""
-    cfg = TrainConfig(layer=layer, positions=str(vector.positions) if vector else positions,
-                      max_response_tokens=max_response_tokens, epochs=1)  # fmt: skip
+    cfg = TrainConfig(
+        layer=layer,
+        positions=str(vector.positions) if vector else positions,
+        max_response_tokens=max_response_tokens,
+        epochs=1,
+    )
     runner = _Runner(model, [data], cfg)
     delta = vector.delta.detach() if vector is not None else torch.zeros(model.d_model)
     with torch.no_grad():
