@@ -24,6 +24,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from prosv_lens.baselines import STEERING_PROMPT, prompt_steered
+from prosv_lens.errors import ConfigError
 from prosv_lens.evaluation.judges import CRITERIA, Judge, JudgeItem, ParseFailures, Rating
 from prosv_lens.evaluation.records import ResultLog
 from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
@@ -33,10 +35,6 @@ from prosv_lens.models import LoadedModel
 from prosv_lens.validate import in_range, integer
 
 KEY_FIELDS = ("suite", "concept", "method", "factor", "instruction_id")
-STEERING_PROMPT = (
-    "You must answer the question with content related to {concept} even if it is not related "
-    "to the question or it does not make sense."
-)
 
 
 @dataclass(frozen=True)
@@ -124,7 +122,7 @@ class Method:
     def prompt(cls, name: str = "prompt", template: str = STEERING_PROMPT) -> "Method":
         """The prompt baseline: ``"{template}\\n\\nQuestion: {prompt}"`` (``{concept}`` filled)."""
         if "{concept}" not in template:
-            raise ValueError("the steering prompt template needs a {concept} field")
+            raise ConfigError("the steering prompt template needs a {concept} field: add it")
         return cls(name, ((None, None),), template)
 
     @classmethod
@@ -142,7 +140,7 @@ class Method:
     def render(self, prompt: str, concept: str) -> str:
         if self.steering_prompt is None:
             return prompt
-        return f"{self.steering_prompt.format(concept=concept)}\n\nQuestion: {prompt}"
+        return prompt_steered([prompt], concept, self.steering_prompt)[0]
 
 
 def split_tasks(
