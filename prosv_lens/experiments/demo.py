@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -37,6 +38,7 @@ from prosv_lens.concepts import (
     ConceptData,
     builtin_instructions,
 )
+from prosv_lens.directions import MeanDifference
 from prosv_lens.errors import ConfigError
 from prosv_lens.evaluation.judges import Judge
 from prosv_lens.evaluation.offline_judge import OfflineJudge
@@ -142,6 +144,9 @@ _DEMO_MINIMA = {
 _DEMO_OPTIONAL = ("layer", "n_train", "n_utility")
 
 
+_T = TypeVar("_T")
+
+
 class _Stages:
     """Times each stage and shows progress."""
 
@@ -149,7 +154,7 @@ class _Stages:
         self.bar = tqdm(total=len(names), desc="prosv demo", unit="stage")
         self.seconds: dict[str, float] = {}
 
-    def run(self, name: str, fn: Callable[[], object]) -> object:
+    def run(self, name: str, fn: Callable[[], _T]) -> _T:
         self.bar.set_postfix_str(name)
         t0 = time.perf_counter()
         out = fn()
@@ -235,6 +240,7 @@ def _run_demo(cfg: DemoConfig, run: Path) -> Path:
         ),
     )
     factor = selected_factor(log.rows, data.name, "diffmean")
+    assert factor is not None, "diffmean's candidates are the numeric DIFFMEAN_FACTORS"
     chosen = {
         "prompt": None,
         "diffmean": direction.replace(alpha=factor * md.resid_norm),
@@ -271,9 +277,12 @@ def _run_demo(cfg: DemoConfig, run: Path) -> Path:
     return run
 
 
-def _train(model: LoadedModel, data: ConceptData, layer: int, cfg: DemoConfig) -> tuple[dict, dict]:
+def _train(
+    model: LoadedModel, data: ConceptData, layer: int, cfg: DemoConfig
+) -> tuple[dict[str, SteeringVector], dict[str, dict[str, Any]]]:
     """PrOSV and FSSV with the paper's presets (only the epochs changed), and their logs."""
-    vectors, logs = {}, {}
+    vectors: dict[str, SteeringVector] = {}
+    logs: dict[str, dict[str, Any]] = {}
     for name, tc in (
         ("prosv", TrainConfig.prosv(layer, epochs=cfg.epochs)),
         ("fssv", TrainConfig.fssv(layer, epochs=cfg.epochs)),
@@ -284,7 +293,7 @@ def _train(model: LoadedModel, data: ConceptData, layer: int, cfg: DemoConfig) -
     return vectors, logs
 
 
-def _diffmean(model: LoadedModel, data: ConceptData, layer: int):  # noqa: ANN202 - MeanDifference
+def _diffmean(model: LoadedModel, data: ConceptData, layer: int) -> MeanDifference:
     if data.negatives is None:
         raise ValueError(f"concept data {data.name!r} has no neutral responses for DiffMean")
     negatives = replace(data, responses=data.negatives, negatives=None)

@@ -255,6 +255,7 @@ def _concept(cfg: ReproduceConfig, model: LoadedModel, judge: Judge, out: Path, 
     tasks = tasks_from(builtin_instructions("eval")[: sizes.n_eval])
     evaluate_steering(model, ts.concept, methods, tasks, judge, rows, eval_cfg)
     factor = selected_factor(rows.rows, ts.concept, "diffmean")
+    assert factor is not None, "diffmean's candidates are the numeric setting.diffmean_factors"
     seconds["steering"] = round(time.perf_counter() - t, 1)
     bar.step(f"{label} steering")
     t = time.perf_counter()
