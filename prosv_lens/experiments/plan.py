@@ -154,6 +154,7 @@ def probe_device(
         free, total = (float(x) for x in torch.cuda.mem_get_info(dev))
         name = torch.cuda.get_device_name(dev)
     elif dev.type == "cuda":
+        assert memory_gb is not None  # hypothetical: all three were required above
         free = total = memory_gb * GB
         name = "a CUDA device (given, not present)"
     else:
@@ -263,7 +264,7 @@ def _train(setting: Setting, sizes: RunSizes, dev: DeviceInfo, res: Resources, k
                                    free_bytes=free)  # fmt: skip
         micro = min(micro, k * sizes.batch_size)
         label = "; the trainer's rule"
-    memory = {
+    memory: dict[str, Num] = {
         "weights": m.weights,
         "residual cache": cache,
         f"activations ({micro} rows x {t} tokens{label})": micro * per_row,
@@ -347,7 +348,7 @@ def _utility(setting: Setting, sizes: RunSizes, dev: DeviceInfo, k: int, methods
 def _diffmean(setting: Setting, sizes: RunSizes, dev: DeviceInfo, k: int) -> StageEstimate:
     m, s = _Model(setting), setting.shape
     t = PROMPT_TOKENS + sizes.max_response_tokens
-    memory = {"weights": m.weights,
+    memory: dict[str, Num] = {"weights": m.weights,
               "activations (8 rows, no grad)": 8 * t * (m.b * (3 * s.d_mlp + 4 * s.d_model) + 4 * s.n_heads * t)}  # fmt: skip
     flops = m.fwd(2 * sizes.n_train * t, setting.layer + 1, t / 2)
     runs = f"per concept: {2 * sizes.n_train} sequences to layer {setting.layer}"

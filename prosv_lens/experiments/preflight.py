@@ -221,7 +221,7 @@ def concept_dir(out: Path, ts: AxBenchTrainingSet) -> Path:
 def claim_concepts(out: Path, sets: Sequence[AxBenchTrainingSet]) -> None:
     for ts in sets:
         path = concept_dir(out, ts) / "concept.json"
-        record = {"concept_id": ts.concept_id, "concept": ts.concept, "genre": ts.genre,
+        record: dict[str, Any] = {"concept_id": ts.concept_id, "concept": ts.concept, "genre": ts.genre,
                   "data_sha256": data_hash(ts), "n_positives": len(ts.positives),
                   "n_negatives": len(ts.negatives)}  # fmt: skip
         stored = read_json(path)

@@ -125,7 +125,7 @@ def _common_checks(cfg: Any) -> None:
            f"neither to use `concept` (got axbench={cfg.axbench!r}, concept_id={cfg.concept_id!r})")  # fmt: skip
 
 
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+def _from_dict(cls: "type[_SweepConfig]", data: dict[str, Any]) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known - {"kind"}
     _check(not unknown, f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
@@ -247,7 +247,9 @@ class PositionSweepConfig(_SweepConfig):
 
 
 SweepConfig = HeatmapConfig | PositionSweepConfig
-CONFIG_KINDS: dict[str, type] = {c.kind: c for c in (HeatmapConfig, PositionSweepConfig)}
+CONFIG_KINDS: dict[str, type[_SweepConfig]] = {
+    c.kind: c for c in (HeatmapConfig, PositionSweepConfig)
+}
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
@@ -348,6 +350,7 @@ def _run_sweep(model: LoadedModel, cfg: SweepConfig, out: Path, judge: Judge) ->
 def sweep_data(model: LoadedModel, cfg: SweepConfig) -> ConceptData:
     """The sweep's concept data: the AxBench concept's positives, or ``cfg.concept``'s data."""
     if cfg.axbench is not None:
+        assert cfg.concept_id is not None  # set together with axbench (_common_checks)
         return load_axbench_concept(cfg.axbench, cfg.concept_id)
     return concept_data(model, cfg.concept)
 
