@@ -265,7 +265,7 @@ def _weaker(*verdicts: str) -> str:
 
 
 def _tradeoff_claim(
-    title: tuple, results: dict, rows: Sequence[dict], util: dict, src: str
+    title: tuple[str, str], results: dict, rows: Sequence[dict], util: dict, src: str
 ) -> Claim:
     """Per FSSV scale: PrOSV must be no worse on either axis and better on one (see VERDICTS)."""
     robust = {s["method"]: s["overall"] for s in results["robustness"]}
@@ -338,44 +338,47 @@ def heatmap_claims(
     adam_t, init_t = (adam_t[0] + label, adam_t[1]), (init_t[0] + label, init_t[1])
     cfg, base = sweep["config"], sweep["baseline"]["heldout_loss"]
     src = f"{where.shown}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, concept {sweep['concept']!r}, {cfg['n_train']} training examples, {cfg['epochs']} epochs)"  # fmt: skip
-    loss = {(c["optimizer"], c["beta"], c["lr_alpha"]): (math.inf if c["diverged"] else c["heldout_loss"])
+    # keyed (optimizer, (beta, lr_alpha)), a grid point g = (beta, lr_alpha) kept whole
+    loss = {(c["optimizer"], (c["beta"], c["lr_alpha"])): (math.inf if c["diverged"] else c["heldout_loss"])
             for c in sweep["cells"]}  # fmt: skip
-    key = {(c["optimizer"], c["beta"], c["lr_alpha"]): c["key"] for c in sweep["cells"]}
+    key = {(c["optimizer"], (c["beta"], c["lr_alpha"])): c["key"] for c in sweep["cells"]}
     grid = [(float(b), float(lr)) for b in cfg["betas"] for lr in cfg["lr_alphas"]]
     claims = []
     if {"adam", "sgd"} <= set(cfg["optimizers"]):
-        both = [g for g in grid if ("adam", *g) in loss and ("sgd", *g) in loss]
-        wins = sum(loss[("adam", *g)] < loss[("sgd", *g)] for g in both)
-        best = {
-            o: min((g for g in both), key=lambda g, o=o: loss[(o, *g)]) for o in ("adam", "sgd")
-        }
-        d = paired_difference(rows, key[("adam", *best["adam"])], key[("sgd", *best["sgd"])])
-        l_adam, l_sgd = loss[("adam", *best["adam"])], loss[("sgd", *best["sgd"])]
+        both = [g for g in grid if ("adam", g) in loss and ("sgd", g) in loss]
+        wins = sum(loss["adam", g] < loss["sgd", g] for g in both)
+
+        def lowest(o: str) -> tuple[float, float]:  # the first grid point with o's lowest loss
+            return min(both, key=lambda g: loss[o, g])
+
+        best_of = {o: lowest(o) for o in ("adam", "sgd")}
+        d = paired_difference(rows, key["adam", best_of["adam"]], key["sgd", best_of["sgd"]])
+        l_adam, l_sgd = loss["adam", best_of["adam"]], loss["sgd", best_of["sgd"]]
         if l_adam < l_sgd:
             v = "reproduces" if wins >= 0.75 * len(both) else "same sign, not significant"
         else:
             v = "not reproduced"
         claims.append(Claim(*adam_t, v, (
             f"held-out loss (unsteered {base:.3f}): Adam lower than SGD in {wins} of {len(both)} "
-            f"(β, lr_alpha) cells; best Adam {l_adam:.3f} at {key[('adam', *best['adam'])]}, "
-            f"best SGD {l_sgd:.3f} at {key[('sgd', *best['sgd'])]}",
+            f"(β, lr_alpha) cells; best Adam {l_adam:.3f} at {key['adam', best_of['adam']]}, "
+            f"best SGD {l_sgd:.3f} at {key['sgd', best_of['sgd']]}",
             f"steering score, best Adam cell - best SGD cell (paired): {d}",
             f"diverged cells: {sum(c['diverged'] is not None for c in sweep['cells'])}",
             "verdict rule (a held-out loss has no CI here): reproduces when Adam's best loss is "
             "lower than SGD's and Adam is lower in at least 3/4 of the cells; same sign when "
             "only its best is lower",
         ), src))  # fmt: skip
-    adam = [g for g in grid if ("adam", *g) in loss]
+    adam = [g for g in grid if ("adam", g) in loss]
     if adam:
-        best = min(adam, key=lambda g: loss[("adam", *g)])
+        best = min(adam, key=lambda g: loss["adam", g])
         small = min(adam)  # the smallest beta, then the smallest lr_alpha
-        gain = {g: (base - loss[("adam", *g)]) / (base - loss[("adam", *best)]) for g in adam}
-        d = paired_difference(rows, key[("adam", *best)], key[("adam", *small)])
+        gain = {g: (base - loss["adam", g]) / (base - loss["adam", best]) for g in adam}
+        d = paired_difference(rows, key["adam", best], key["adam", small])
         lines = [f"held-out loss with Adam (unsteered {base:.3f}); rows β, columns lr_alpha:",
                  "| β \\ lr_alpha | " + " | ".join(f"{x:g}" for x in cfg["lr_alphas"]) + " |",
                  "|---|" + "---|" * len(cfg["lr_alphas"])]  # fmt: skip
         for b in cfg["betas"]:
-            cells = [loss.get(("adam", float(b), float(x)), math.nan) for x in cfg["lr_alphas"]]
+            cells = [loss.get(("adam", (float(b), float(x))), math.nan) for x in cfg["lr_alphas"]]
             lines.append(f"| {b:g} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
         lines += [
             f"best cell β={best[0]:g}, lr_alpha={best[1]:g}; the smallest (β={small[0]:g}, "
