@@ -34,6 +34,11 @@ def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
+def _progress(line: str) -> None:
+    """A long run's progress line, on stderr (stdout carries the results)."""
+    sys.stderr.write(line + "\n")
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line on stderr and exit status 2:
     ``prosv train: error: argument --epochs: invalid int value: 'x' (see prosv train --help)``.
@@ -253,7 +258,7 @@ def _cmd_axbench_eval(args: argparse.Namespace) -> int:
         layer=args.layer,
         seed=args.seed,
     )
-    scores = run_axbench_eval(cfg, log=lambda line: sys.stderr.write(line + "\n"))
+    scores = run_axbench_eval(cfg, log=_progress)
     _out(format_scores(scores))
     _out(f"results: {cfg.out}")
     return 0
@@ -466,7 +471,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         _out(text)
         plan.check()  # a run that cannot fit: exit 2, one line naming the stage
         return 0
-    summary = run_reproduce(cfg, device=device, log=lambda line: sys.stderr.write(line + "\n"))
+    summary = run_reproduce(cfg, device=device, log=_progress)
     _out(format_summary(summary))
     _out(f"results: {cfg.out} ({summary['seconds']:.0f} s)")
     return 0
