@@ -8,6 +8,8 @@
 
 from collections.abc import Sequence
 
+from matplotlib.figure import Figure
+
 from prosv_lens.figures.style import color, figure
 
 PANELS = ("concept", "instruct", "fluency", "overall")
@@ -18,7 +20,7 @@ def _err(est: dict) -> tuple[list[float], list[float]]:
     return [est["mean"] - est["low"]], [est["high"] - est["mean"]]
 
 
-def steering_scores_figure(scores: Sequence[dict], title: str = "") -> object:
+def steering_scores_figure(scores: Sequence[dict], title: str = "") -> Figure:
     """Bars per method for each judged criterion, with bootstrap CIs.
 
     Args:
@@ -42,7 +44,7 @@ def steering_scores_figure(scores: Sequence[dict], title: str = "") -> object:
     return fig
 
 
-def tradeoff_figure(points: Sequence[dict], title: str = "") -> object:
+def tradeoff_figure(points: Sequence[dict], title: str = "") -> Figure:
     """Utility accuracy (x) vs robustness score (y), one point per method.
 
     Args:

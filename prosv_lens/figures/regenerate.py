@@ -22,7 +22,9 @@ import json
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from matplotlib.figure import Figure
 
 from prosv_lens.analysis import (
     AttentionFlowResult,
@@ -62,6 +64,18 @@ KINDS: dict[str, type[SavedResult]] = {
         VectorLensResult,
     )
 }
+
+
+_R = TypeVar("_R", bound=SavedResult)
+
+
+def _of_kind(found: dict[str, list[SavedResult]], kind: type[_R]) -> list[_R]:
+    """``found``'s results of ``kind`` (grouped under their class name when read)."""
+    items: list[_R] = []
+    for r in found.get(kind.__name__, []):
+        assert isinstance(r, kind), f"{type(r).__name__} filed under {kind.__name__}"
+        items.append(r)
+    return items
 
 
 def _saved_kind(path: Path) -> str | None:
@@ -124,8 +138,8 @@ def analysis_figures(
     """The figures of one folder's analysis results, grouped by kind (see module doc)."""
     paths: list[Path] = []
 
-    def many(kind: type[SavedResult], stem: str, draw: Callable[[SavedResult], object]) -> None:
-        items = found.get(kind.__name__, [])
+    def many(kind: type[_R], stem: str, draw: Callable[[_R], Figure]) -> None:
+        items = _of_kind(found, kind)
         for n, res in enumerate(items):
             suffix = "" if len(items) == 1 else f"_{n + 1}"
             paths.extend(save(draw(res), out / f"{prefix}{stem}{suffix}"))
@@ -134,9 +148,12 @@ def analysis_figures(
     many(DecayResult, "decay", decay_figure)
     many(PathPatchingResult, "kv_paths", kv_path_figure)
     many(HeadAttributionResult, "head_attribution", head_attribution_figure)
-    if found.get("KnockoutResult"):
-        paths += save(knockout_figure(found["KnockoutResult"]), out / f"{prefix}knockout")
-    lenses = found.get("VectorLensResult", []) + found.get("ResidualLensResult", [])
+    if knockouts := _of_kind(found, KnockoutResult):
+        paths += save(knockout_figure(knockouts), out / f"{prefix}knockout")
+    lenses: list[VectorLensResult | ResidualLensResult] = [
+        *_of_kind(found, VectorLensResult),
+        *_of_kind(found, ResidualLensResult),
+    ]
     if lenses:
         paths += save(logit_lens_figure(lenses), out / f"{prefix}logit_lens")
         table = out / f"{prefix}logit_lens.md"

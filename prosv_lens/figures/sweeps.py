@@ -11,6 +11,7 @@ import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from prosv_lens.figures.style import FALLBACK, RC, color
 
@@ -27,7 +28,7 @@ def _title(sweep: dict, what: str) -> str:
     return f"{what}: {sweep['concept']} — {sweep['model']} L{sweep['layer']}"
 
 
-def heatmap_figure(sweep: dict) -> object:
+def heatmap_figure(sweep: dict) -> Figure:
     """beta x lr_alpha heatmaps of held-out loss and steering score, one row per optimizer.
 
     Args:
@@ -99,7 +100,7 @@ def heatmap_figure(sweep: dict) -> object:
     return fig
 
 
-def position_sweep_figure(sweep: dict) -> object:
+def position_sweep_figure(sweep: dict) -> Figure:
     """Overall steering score (95% bootstrap CI) and held-out loss per position spec.
 
     Args:

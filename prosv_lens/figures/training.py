@@ -6,12 +6,14 @@ enough (the paper's argument for ``lr_alpha`` from scaling theory); these curves
 
 from collections.abc import Mapping, Sequence
 
+from matplotlib.figure import Figure
+
 from prosv_lens.figures.style import color, figure
 
 CURVES = (("loss", "loss"), ("alpha", "factor alpha"), ("v_norm", "|v|"))
 
 
-def training_curves_figure(logs: Mapping[str, Sequence[Mapping]], title: str = "") -> object:
+def training_curves_figure(logs: Mapping[str, Sequence[Mapping]], title: str = "") -> Figure:
     """One panel per quantity, one line per run.
 
     Args:
