@@ -515,8 +515,11 @@ def _run(
 ) -> TrainResult:
     model, cfg = runner.model, runner.cfg
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    fp = fingerprint(model, cfg, [c.data for c in runner.concepts])
-    start = resume(folder, fp, runner.concepts) if folder is not None else 0
+    fp: dict = {}  # only a checkpointed run needs one (it hashes the data and the embedding)
+    start = 0
+    if folder is not None:
+        fp = fingerprint(model, cfg, [c.data for c in runner.concepts])
+        start = resume(folder, fp, runner.concepts)
     resid_norm = runner.reference_resid_norm()
     total = max(c.total_steps for c in runner.concepts)
     tokens = examples = 0
