@@ -1,7 +1,7 @@
 """Runs a resumable job in a child process that kills itself with SIGKILL at a chosen point.
 
 Used by ``test_rel_resume_faults.py``: ``python tests/_faults.py JOB FOLDER KILL_AT`` runs JOB
-(``train``, ``demo``, ``sweep`` or ``hold``) in FOLDER and sends itself ``kill -9`` at its
+(``train``, ``demo``, ``sweep``, ``reproduce`` or ``hold``) in FOLDER and sends itself ``kill -9`` at its
 KILL_AT-th checkpoint / judge call (0: never). ``hold`` takes the folder's run lock, prints
 ``locked`` and sleeps, to play a concurrent run.
 """
@@ -81,6 +81,22 @@ def sweep_job(folder: Path, kill_at: int, **changes: object) -> dict:
     return run_sweep(make_tiny_model(), cfg, folder, HashJudge(kill_at))
 
 
+def reproduce_job(folder: Path, kill_at: int) -> dict:
+    """A toy ``prosv reproduce`` run (two concepts of a fake AxBench folder beside ``folder``)."""
+    from test_reproduce import BIG_CPU, make_axbench_folder, make_setting
+
+    from prosv_lens.experiments import ReproduceConfig, run_reproduce
+    from prosv_lens.models import make_tiny_model
+
+    axbench = folder.parent / "axbench"
+    if not axbench.exists():
+        make_axbench_folder(axbench)
+    cfg = ReproduceConfig(make_setting(axbench), out_dir=str(folder))
+    return run_reproduce(
+        cfg, model=make_tiny_model(), judge=HashJudge(kill_at), device=BIG_CPU, progress=False
+    )
+
+
 def hold(folder: Path) -> None:
     from prosv_lens.safe_io import RunLock
 
@@ -113,4 +129,10 @@ if __name__ == "__main__":
     if job == "hold":
         hold(where)
     else:
-        {"train": train_job, "demo": demo_job, "sweep": sweep_job}[job](where, kill)
+        jobs = {
+            "train": train_job,
+            "demo": demo_job,
+            "sweep": sweep_job,
+            "reproduce": reproduce_job,
+        }
+        jobs[job](where, kill)

@@ -1,8 +1,8 @@
 """Reliability classes 3 and 5: every resumable artifact survives ``kill -9``, refuses a resume
 with other inputs, and refuses a second concurrent run.
 
-Artifacts: a training checkpoint folder, a demo run folder, a sweep folder (reproduction run
-folders: ``test_reproduce.py`` and :func:`test_a_reproduction_folder_is_locked` here). Each job
+Artifacts: a training checkpoint folder, a demo run folder, a sweep folder and a reproduction
+run folder (its fingerprint and lock tests are in ``test_reproduce.py``). Each job
 runs in a child process (``_faults.py``) that sends itself SIGKILL mid-run; the resume runs here
 and must give exactly what an uninterrupted run gives.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _faults import SEA, Holder, demo_job, sweep_job, train_job
+from _faults import SEA, Holder, demo_job, reproduce_job, sweep_job, train_job
 
 import prosv_lens.experiments.sweeps as sweeps
 from prosv_lens.concepts import ConceptData
@@ -147,3 +147,18 @@ def test_a_corrupt_sweep_file_is_a_one_line_error(tmp_path):
     with pytest.raises(ResultFileError, match="sweep.json is not valid JSON") as e:
         sweep_job(tmp_path, 0)
     assert "\n" not in str(e.value)
+
+
+# -- reproduction folders ----------------------------------------------------------------------------
+
+
+def test_a_killed_reproduction_resumes_to_the_uninterrupted_result(tmp_path):
+    from test_reproduce import _results
+
+    # 7 judge calls per concept: the 10th is in the middle of the second concept's steering.
+    _killed("reproduce", tmp_path / "run", kill_at=10)
+    assert (tmp_path / "run" / "concepts" / "0000" / "result.json").exists()
+    assert not (tmp_path / "run" / "summary.json").exists()
+    reproduce_job(tmp_path / "run", 0)
+    reproduce_job(tmp_path / "straight", 0)
+    assert _results(tmp_path / "run") == _results(tmp_path / "straight")

@@ -59,10 +59,9 @@ class HashJudge(Judge):
         ]
 
 
-@pytest.fixture(scope="module")
-def axbench_folder(tmp_path_factory) -> Path:
+def make_axbench_folder(root: Path) -> Path:
     """Three concepts in AxBench's release layout: 6 positives each, 6 negatives per genre."""
-    root = tmp_path_factory.mktemp("axbench")
+    root.mkdir(parents=True, exist_ok=True)
     meta = [{"concept_id": i, "concept": c, "ref": "", "concept_genres_map": {c: [g]}}
             for i, c, g in CONCEPTS]  # fmt: skip
     (root / "metadata.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
@@ -77,13 +76,23 @@ def axbench_folder(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def setting(axbench_folder) -> Setting:
+def make_setting(axbench: Path) -> Setting:
+    """A toy setting on the tiny model over ``axbench`` (see :func:`make_axbench_folder`)."""
     tiny = make_tiny_model()
     shape = ModelShape(3, 32, 64, 4, 2, 8, len(tiny.tokenizer))
     return Setting(name="tiny-test", model="tiny", layer=1, dtype="float32",
-                   axbench=str(axbench_folder), local_folder=None, shape=shape,
+                   axbench=str(axbench), local_folder=None, shape=shape,
                    diffmean_factors=(0.2, 0.8), sizes=SIZES)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def axbench_folder(tmp_path_factory) -> Path:
+    return make_axbench_folder(tmp_path_factory.mktemp("axbench"))
+
+
+@pytest.fixture(scope="module")
+def setting(axbench_folder) -> Setting:
+    return make_setting(axbench_folder)
 
 
 @pytest.fixture
