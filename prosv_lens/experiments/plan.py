@@ -9,8 +9,9 @@ the stage, what it needs, what there is, and the knob setting that would make it
 
 Assumptions (constants below): chat-templated instructions of :data:`PROMPT_TOKENS` tokens, the
 steering prompt adds :data:`STEERING_PROMPT_TOKENS`; the trainer reaches :data:`EFFICIENCY` of
-the matmul rate (what this project's trainer reached on the 2-core CPU, reports/training.md); a decoding step
-on a GPU also pays :data:`GPU_STEP_OVERHEAD` per layer (kernel launches; a judgement); a stage
+the matmul rate (what this project's trainer reached on the 2-core CPU, reports/training.md); a
+decoding step on a GPU also pays :data:`GPU_STEP_OVERHEAD` per layer (kernel launches; a
+judgement); a stage
 may use :data:`USABLE` of the device memory (the rest: allocator slack, CUDA context, Python).
 """
 
@@ -159,7 +160,8 @@ def probe_device(
         name = "a CUDA device (given, not present)"
     else:
         free, total = _host_memory()
-        name = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, of {os.cpu_count()} cores"  # fmt: skip
+        threads, cores = torch.get_num_threads(), os.cpu_count()
+        name = f"{platform.machine()} CPU, {threads} threads, of {cores} cores"
     if memory_gb is not None:
         free = total = memory_gb * GB
         how.append(f"memory {memory_gb:g} GB given")
@@ -167,7 +169,9 @@ def probe_device(
         n = 4096 if dev.type == "cuda" else 1024
         a, b = (torch.randn(n, n, device=dev).to(dtype) for _ in range(2))
         flops = _rate(dev, lambda: a @ b, 2.0 * n**3, 0.3)
-        how.append(f"matmul rate measured now ({n}x{n} {str(dtype).removeprefix('torch.')} matmuls, 0.3 s)")  # fmt: skip
+        how.append(
+            f"matmul rate measured now ({n}x{n} {str(dtype).removeprefix('torch.')} matmuls, 0.3 s)"
+        )
     else:
         flops = tflops * 1e12
         how.append(f"matmul rate {tflops:g} TFLOP/s given")
@@ -232,8 +236,9 @@ class _Model:
         return 2.0 * s.n_layers * s.n_kv_heads * s.head_dim * tokens * rows * self.b
 
 
-def _generation_seconds(m: _Model, dev: DeviceInfo, answers: int, batches: int, prompt: int,
-                        new: int, rows: int) -> Num:  # fmt: skip
+def _generation_seconds(
+    m: _Model, dev: DeviceInfo, answers: int, batches: int, prompt: int, new: int, rows: int
+) -> Num:
     s = m.s
     prefill = answers * (m.fwd(prompt, s.n_layers, prompt / 2) + m.unembed(prompt))
     step = rows * (m.fwd(1, s.n_layers, prompt + new / 2) + m.unembed(1))
@@ -243,14 +248,17 @@ def _generation_seconds(m: _Model, dev: DeviceInfo, answers: int, batches: int, 
     return prefill / (EFFICIENCY * dev.flops) + batches * new * per_step
 
 
-def _train(setting: Setting, sizes: RunSizes, dev: DeviceInfo, res: Resources, k: int,
-           kind: str) -> StageEstimate:  # fmt: skip
+def _train(
+    setting: Setting, sizes: RunSizes, dev: DeviceInfo, res: Resources, k: int, kind: str
+) -> StageEstimate:
     m, s = _Model(setting), setting.shape
     p, r = PROMPT_TOKENS, sizes.max_response_tokens
     t, rows = p + r, k * sizes.n_train
     up, low = s.n_layers - setting.layer - 1, setting.layer + 1
-    per_token_layer = m.b * (4 * s.d_model + (2 * s.n_heads + 2 * s.n_kv_heads) * s.head_dim
-                             + 3 * s.d_mlp) + 4 * 2 * s.n_heads * t  # fmt: skip
+    per_token_layer = (
+        m.b * (4 * s.d_model + (2 * s.n_heads + 2 * s.n_kv_heads) * s.head_dim + 3 * s.d_mlp)
+        + 4 * 2 * s.n_heads * t
+    )
     per_row = t * (up * per_token_layer + s.d_model * (4 + m.b))
     cache = min(rows * t * s.d_model * 4, res.cache_budget_mb * 2**20)
     logits = res.logits_budget_mb * 2**20
@@ -259,9 +267,13 @@ def _train(setting: Setting, sizes: RunSizes, dev: DeviceInfo, res: Resources, k
         micro = 8  # the trainer's CPU default
     elif micro is None:  # the trainer's own rule for an accelerator (default_micro_rows)
         free = max(0, int(dev.memory - m.weights - cache))
-        micro = default_micro_rows(torch.device("cuda"), tokens_per_row=t,
-                                   bytes_per_token=math.ceil(per_row / t), reserved_bytes=logits,
-                                   free_bytes=free)  # fmt: skip
+        micro = default_micro_rows(
+            torch.device("cuda"),
+            tokens_per_row=t,
+            bytes_per_token=math.ceil(per_row / t),
+            reserved_bytes=logits,
+            free_bytes=free,
+        )
         micro = min(micro, k * sizes.batch_size)
         label = "; the trainer's rule"
     memory: dict[str, Num] = {
@@ -274,8 +286,11 @@ def _train(setting: Setting, sizes: RunSizes, dev: DeviceInfo, res: Resources, k
     flops = epochs * (2 * m.fwd(rows * t, up, t / 2) + 2 * m.unembed(rows * r))
     flops += m.fwd(rows * t, low, t / 2)
     runs = f"once: {k} concepts in one pass, {rows} rows x {epochs} epochs"
-    knobs = {"micro_rows": micro, "cache_budget_mb": res.cache_budget_mb,
-             "logits_budget_mb": res.logits_budget_mb}  # fmt: skip
+    knobs = {
+        "micro_rows": micro,
+        "cache_budget_mb": res.cache_budget_mb,
+        "logits_budget_mb": res.logits_budget_mb,
+    }
     return StageEstimate(f"train {kind}", runs, memory, flops / (EFFICIENCY * dev.flops), 1, knobs)
 
 
@@ -322,7 +337,9 @@ def _steering(
     return StageEstimate("steering eval", runs, memory, seconds, k, {"eval_batch_size": rows})
 
 
-def _utility(setting: Setting, sizes: RunSizes, dev: DeviceInfo, k: int, methods: int) -> StageEstimate:  # fmt: skip
+def _utility(
+    setting: Setting, sizes: RunSizes, dev: DeviceInfo, k: int, methods: int
+) -> StageEstimate:
     m, s = _Model(setting), setting.shape
     items = min(sizes.n_utility or N_BUILTIN_UTILITY, N_BUILTIN_UTILITY)
     rows, prompt, new = sizes.utility_batch_size, UTILITY_PROMPT_TOKENS, sizes.utility_tokens
@@ -348,8 +365,12 @@ def _utility(setting: Setting, sizes: RunSizes, dev: DeviceInfo, k: int, methods
 def _diffmean(setting: Setting, sizes: RunSizes, dev: DeviceInfo, k: int) -> StageEstimate:
     m, s = _Model(setting), setting.shape
     t = PROMPT_TOKENS + sizes.max_response_tokens
-    memory: dict[str, Num] = {"weights": m.weights,
-              "activations (8 rows, no grad)": 8 * t * (m.b * (3 * s.d_mlp + 4 * s.d_model) + 4 * s.n_heads * t)}  # fmt: skip
+    memory: dict[str, Num] = {
+        "weights": m.weights,
+        "activations (8 rows, no grad)": 8
+        * t
+        * (m.b * (3 * s.d_mlp + 4 * s.d_model) + 4 * s.n_heads * t),
+    }
     flops = m.fwd(2 * sizes.n_train * t, setting.layer + 1, t / 2)
     runs = f"per concept: {2 * sizes.n_train} sequences to layer {setting.layer}"
     return StageEstimate("diffmean", runs, memory, flops / (EFFICIENCY * dev.flops), k)
@@ -403,9 +424,11 @@ class Plan:
             )
             if fix is None:
                 need = max(min(_peak(self, st, f) for f in [{}, *_candidates(st)]) for st in stages)
-                return (f"no batch or budget setting makes '{stage.name}' fit (the weights alone "
-                        f"are {self.stages[0].peak / GB:.1f} GB in {self.setting.dtype}): use a "
-                        f"device with at least {math.ceil(need / USABLE / GB)} GB")  # fmt: skip
+                return (
+                    f"no batch or budget setting makes '{stage.name}' fit (the weights alone "
+                    f"are {self.stages[0].peak / GB:.1f} GB in {self.setting.dtype}): use a "
+                    f"device with at least {math.ceil(need / USABLE / GB)} GB"
+                )
             flags.update(fix)
         return "it fits with " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items())
 
@@ -421,10 +444,16 @@ def _halvings(n: int) -> list[int]:
 def _candidates(stage: StageEstimate) -> list[dict[str, int]]:
     k = stage.knobs
     if "micro_rows" in k:
-        return [{"micro_rows": m, **({"cache_budget_mb": c} if c != k["cache_budget_mb"] else {}),
-                 **({"logits_budget_mb": lg} if lg != k["logits_budget_mb"] else {})}
-                for c in (k["cache_budget_mb"], 0) for lg in (k["logits_budget_mb"], 256, 64)
-                for m in _halvings(k["micro_rows"])]  # fmt: skip
+        return [
+            {
+                "micro_rows": m,
+                **({"cache_budget_mb": c} if c != k["cache_budget_mb"] else {}),
+                **({"logits_budget_mb": lg} if lg != k["logits_budget_mb"] else {}),
+            }
+            for c in (k["cache_budget_mb"], 0)
+            for lg in (k["logits_budget_mb"], 256, 64)
+            for m in _halvings(k["micro_rows"])
+        ]
     name, value = next(iter(k.items()), ("", 0))
     return [{name: v} for v in _halvings(value)[1:]]
 
@@ -439,8 +468,15 @@ def _peak(plan: Plan, stage: StageEstimate, flags: dict[str, int]) -> Num:
     return next(s for s in again.stages if s.name == stage.name).peak
 
 
-def plan_run(setting: Setting, sizes: RunSizes, device: DeviceInfo, resources: Resources, *,
-             n_concepts: int, judge: str = "offline") -> Plan:  # fmt: skip
+def plan_run(
+    setting: Setting,
+    sizes: RunSizes,
+    device: DeviceInfo,
+    resources: Resources,
+    *,
+    n_concepts: int,
+    judge: str = "offline",
+) -> Plan:
     """Every stage of a reproduce run of ``n_concepts`` concepts, estimated for ``device``."""
     m = _Model(setting)
     load = StageEstimate("load model", "once", {"weights": m.weights}, None)

@@ -97,8 +97,12 @@ def train_config(cfg: ReproduceConfig, kind: str) -> TrainConfig:
     """The PrOSV or FSSV preset with the setting's overrides and the run's sizes."""
     sizes, setting = cfg.run_sizes, cfg.setting
     preset = TrainConfig.prosv if kind == "prosv" else TrainConfig.fssv
-    overrides = {**dict(getattr(setting, kind)), "epochs": epochs_of(setting, sizes, kind),
-                 "batch_size": sizes.batch_size, "max_response_tokens": sizes.max_response_tokens}  # fmt: skip
+    overrides = {
+        **dict(getattr(setting, kind)),
+        "epochs": epochs_of(setting, sizes, kind),
+        "batch_size": sizes.batch_size,
+        "max_response_tokens": sizes.max_response_tokens,
+    }
     if "logits_budget_mb" in {f.name for f in fields(TrainConfig)}:  # added to the trainer lately
         overrides["logits_budget_mb"] = cfg.resources.logits_budget_mb
     return preset(setting.layer, **overrides)
@@ -118,9 +122,11 @@ def model_source_problem(name: str) -> str | None:
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return None
     if _hub_offline():
-        return (f"model {name} is not in the Hugging Face cache and the hub is disabled "
-                "(HF_HUB_OFFLINE=1): download it once with the hub reachable, or pass --model "
-                "with a local checkpoint folder")  # fmt: skip
+        return (
+            f"model {name} is not in the Hugging Face cache and the hub is disabled "
+            "(HF_HUB_OFFLINE=1): download it once with the hub reachable, or pass --model "
+            "with a local checkpoint folder"
+        )
     return None
 
 
@@ -143,7 +149,9 @@ def run_dtype(cfg: ReproduceConfig) -> torch.dtype:
     return getattr(torch, cfg.setting.dtype)
 
 
-def make_plan(cfg: ReproduceConfig, device: DeviceInfo | None = None, n_concepts: int | None = None) -> Plan:  # fmt: skip
+def make_plan(
+    cfg: ReproduceConfig, device: DeviceInfo | None = None, n_concepts: int | None = None
+) -> Plan:
     """The memory/time plan of ``cfg`` on ``device`` (default: probe ``cfg.device``)."""
     device = device or probe_device(cfg.device, run_dtype(cfg))
     k = n_concepts or (len(cfg.concept_ids) if cfg.concept_ids else cfg.run_sizes.n_concepts)
@@ -179,14 +187,24 @@ def select_concepts(cfg: ReproduceConfig, source: str) -> list[AxBenchTrainingSe
     for cid in ids:
         ts = load_axbench_training_set(folder, cid)
         keep = range(min(n, len(ts.positives))), range(min(n, len(ts.negatives)))
-        out.append(replace(ts, positives=ts.positives.subset(keep[0]), negatives=ts.negatives.subset(keep[1])))  # fmt: skip
+        out.append(
+            replace(
+                ts, positives=ts.positives.subset(keep[0]), negatives=ts.negatives.subset(keep[1])
+            )
+        )
     return out
 
 
 def data_hash(ts: AxBenchTrainingSet) -> str:
     """sha256 of exactly the data a concept is trained and baselined on."""
-    blob = json.dumps([ts.concept_id, ts.concept, ts.genre,
-                       [list(map(str, d.prompts)) + list(d.responses) for d in (ts.positives, ts.negatives)]])  # fmt: skip
+    blob = json.dumps(
+        [
+            ts.concept_id,
+            ts.concept,
+            ts.genre,
+            [list(map(str, d.prompts)) + list(d.responses) for d in (ts.positives, ts.negatives)],
+        ]
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -202,16 +220,26 @@ def judge_name(cfg: ReproduceConfig, judge: Judge | None) -> str:
 
 def fingerprint(cfg: ReproduceConfig, source: str, judge: str, device_type: str) -> dict:
     """What a run's results depend on (memory knobs excluded: they change rounding only)."""
-    trains = {k: {n: v for n, v in train_config(cfg, k).to_dict().items() if n != "logits_budget_mb"}
-              for k in KINDS}  # fmt: skip
+    trains = {
+        k: {n: v for n, v in train_config(cfg, k).to_dict().items() if n != "logits_budget_mb"}
+        for k in KINDS
+    }
     sizes = {k: v for k, v in cfg.run_sizes.to_dict().items() if k != "n_concepts"}
     return {
-        "kind": KIND, "format_version": FORMAT_VERSION, "setting": cfg.setting.name,
-        "model": cfg.model_name, "dtype": cfg.setting.dtype, "layer": cfg.setting.layer,
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+        "setting": cfg.setting.name,
+        "model": cfg.model_name,
+        "dtype": cfg.setting.dtype,
+        "layer": cfg.setting.layer,
         "data_source": source if source.startswith("hf:") else f"folder:{Path(source).name}",
-        "sizes": sizes, "train": trains, "diffmean_factors": list(cfg.setting.diffmean_factors),
-        "judge": judge, "device": device_type, "package_version": __version__,
-    }  # fmt: skip
+        "sizes": sizes,
+        "train": trains,
+        "diffmean_factors": list(cfg.setting.diffmean_factors),
+        "judge": judge,
+        "device": device_type,
+        "package_version": __version__,
+    }
 
 
 def concept_dir(out: Path, ts: AxBenchTrainingSet) -> Path:
@@ -221,15 +249,21 @@ def concept_dir(out: Path, ts: AxBenchTrainingSet) -> Path:
 def claim_concepts(out: Path, sets: Sequence[AxBenchTrainingSet]) -> None:
     for ts in sets:
         path = concept_dir(out, ts) / "concept.json"
-        record: dict[str, Any] = {"concept_id": ts.concept_id, "concept": ts.concept, "genre": ts.genre,
-                  "data_sha256": data_hash(ts), "n_positives": len(ts.positives),
-                  "n_negatives": len(ts.negatives)}  # fmt: skip
+        record: dict[str, Any] = {
+            "concept_id": ts.concept_id,
+            "concept": ts.concept,
+            "genre": ts.genre,
+            "data_sha256": data_hash(ts),
+            "n_positives": len(ts.positives),
+            "n_negatives": len(ts.negatives),
+        }
         stored = read_json(path)
         if stored is None:
             write_json(path, record)
         elif stored != record:
             raise RunMismatchError(
                 f"{path.parent} holds results for other data of concept {ts.concept_id} "
-                f"(data sha256 {str(stored.get('data_sha256'))[:12]} -> {record['data_sha256'][:12]}): "
+                f"(data sha256 {str(stored.get('data_sha256'))[:12]} -> "
+                f"{record['data_sha256'][:12]}): "
                 "use another --out, or delete that folder to redo the concept"
             )

@@ -36,7 +36,8 @@ def format_plan(plan: Plan, notes: Sequence[str] = ()) -> str:
     s, dev = plan.setting, plan.device
     lines = [
         f"plan for {s.name}: {s.shape.n_params / 1e9:.2f} B parameters in {s.dtype}, layer "
-        f"{s.layer}, {plan.n_concepts} concepts x {plan.sizes.n_train} examples, judge {plan.judge}",
+        f"{s.layer}, {plan.n_concepts} concepts x {plan.sizes.n_train} examples, "
+        f"judge {plan.judge}",
         f"device: {dev.type} ({dev.name}): {dev.memory / GB:.1f} GB available of "
         f"{dev.total / GB:.1f} GB; matmul {dev.flops / 1e12:.3g} TFLOP/s, copies "
         f"{dev.bandwidth / GB:.3g} GB/s ({dev.how})",
@@ -49,8 +50,10 @@ def format_plan(plan: Plan, notes: Sequence[str] = ()) -> str:
         flag = "" if st.peak <= plan.usable else " **does not fit**"
         total = st.seconds * st.count if st.seconds is not None else None
         each = f" ({_duration(st.seconds)} each)" if st.count > 1 else ""
-        lines.append(f"| {st.name} | {st.runs} | {st.peak / GB:.2f} GB{flag} | {parts} | "
-                     f"{_duration(total)}{each} |")  # fmt: skip
+        lines.append(
+            f"| {st.name} | {st.runs} | {st.peak / GB:.2f} GB{flag} | {parts} | "
+            f"{_duration(total)}{each} |"
+        )
     peak = max(st.peak for st in plan.stages)
     lines.append(f"| **total** | | max {peak / GB:.2f} GB | | **{_duration(plan.seconds)}** |")
     lines += [
@@ -75,24 +78,38 @@ def format_plan(plan: Plan, notes: Sequence[str] = ()) -> str:
 
 def _train_record(vec: SteeringVector) -> dict:
     log = vec.info.get("train_log") or []
-    return {"steps": len(log), "loss_first": log[0]["loss"] if log else None,
-            "loss_last": log[-1]["loss"] if log else None}  # fmt: skip
+    return {
+        "steps": len(log),
+        "loss_first": log[0]["loss"] if log else None,
+        "loss_last": log[-1]["loss"] if log else None,
+    }
 
 
-def concept_result(ts: AxBenchTrainingSet, data_sha256: str, rows: Sequence[dict], factor: float | None,
-                   chosen: dict, utility: dict, seconds: dict) -> dict:  # fmt: skip
+def concept_result(
+    ts: AxBenchTrainingSet,
+    data_sha256: str,
+    rows: Sequence[dict],
+    factor: float | None,
+    chosen: dict,
+    utility: dict,
+    seconds: dict,
+) -> dict:
     """A finished concept: scores over its test answers (CIs over answers), DiffMean's selected
     factor, each vector's factor and norm, training losses, utility and stage times."""
     mine = [r for r in rows if r["concept"] == ts.concept]
     return {
-        "concept_id": ts.concept_id, "concept": ts.concept, "genre": ts.genre,
-        "data_sha256": data_sha256, "diffmean_factor": factor,
+        "concept_id": ts.concept_id,
+        "concept": ts.concept,
+        "genre": ts.genre,
+        "data_sha256": data_sha256,
+        "diffmean_factor": factor,
         "scores": [s.to_dict() for s in summarize(mine)],
         "alphas": {k: None if v is None else float(v.alpha) for k, v in chosen.items()},
         "v_norms": {k: float(v.v.norm()) for k, v in chosen.items() if v is not None},
         "train": {k: _train_record(chosen[k]) for k in ("prosv", "fssv")},
-        "utility": utility, "seconds": seconds,
-    }  # fmt: skip
+        "utility": utility,
+        "seconds": seconds,
+    }
 
 
 def _over_concepts(values: Sequence[dict]) -> dict:
@@ -102,8 +119,13 @@ def _over_concepts(values: Sequence[dict]) -> dict:
     return bootstrap_mean([v["mean"] for v in values]).to_dict()
 
 
-def build_summary(setting: Setting, fingerprint: dict, results: Sequence[dict], rows: Sequence[dict],
-                  unsteered_utility: dict) -> dict:  # fmt: skip
+def build_summary(
+    setting: Setting,
+    fingerprint: dict,
+    results: Sequence[dict],
+    rows: Sequence[dict],
+    unsteered_utility: dict,
+) -> dict:
     """The per-setting table: each method's judged scores (CIs over concepts when there are
     several) and utility, each concept's scores per method, and the judge replies that could not
     be parsed (rated 0) over every judged row, selection half included."""
@@ -116,19 +138,32 @@ def build_summary(setting: Setting, fingerprint: dict, results: Sequence[dict], 
             acc = _over_concepts([r["utility"][m]["accuracy"] for r in results])
             kl = _over_concepts([r["utility"][m]["kl"] for r in results])
         alphas = [r["alphas"].get(m) for r in results if r["alphas"].get(m) is not None]
-        methods.append({**scores[m], "utility_accuracy": acc, "kl": kl,
-                        "alpha_mean": sum(alphas) / len(alphas) if alphas else None})  # fmt: skip
+        methods.append(
+            {
+                **scores[m],
+                "utility_accuracy": acc,
+                "kl": kl,
+                "alpha_mean": sum(alphas) / len(alphas) if alphas else None,
+            }
+        )
     per_concept = [
         {"concept_id": r["concept_id"], "concept_name": r["concept"], **s}
-        for r in results for s in r["scores"]
-    ]  # fmt: skip
+        for r in results
+        for s in r["scores"]
+    ]
     return {
-        "setting": setting.name, "model": fingerprint["model"], "dtype": fingerprint["dtype"],
-        "layer": fingerprint["layer"], "data_source": fingerprint["data_source"],
-        "judge": fingerprint["judge"], "concepts": [[r["concept_id"], r["concept"]] for r in results],
-        "methods": methods, "per_concept": per_concept, "fingerprint": fingerprint,
+        "setting": setting.name,
+        "model": fingerprint["model"],
+        "dtype": fingerprint["dtype"],
+        "layer": fingerprint["layer"],
+        "data_source": fingerprint["data_source"],
+        "judge": fingerprint["judge"],
+        "concepts": [[r["concept_id"], r["concept"]] for r in results],
+        "methods": methods,
+        "per_concept": per_concept,
+        "fingerprint": fingerprint,
         "judge_parse_failures": judge_parse_failures(rows).to_dict(),
-    }  # fmt: skip
+    }
 
 
 def _est(d: dict | None, digits: int = 3) -> str:
@@ -169,15 +204,24 @@ def format_summary(summary: dict) -> str:
     for m in summary["methods"]:
         alpha = "-" if m["alpha_mean"] is None else f"{m['alpha_mean']:.1f}"
         cells = " | ".join(_est(m[k]) for k in CRITERIA)
-        lines.append(f"| {m['method']} | {cells} | **{_est(m['overall'])}** | "
-                     f"{_est(m['utility_accuracy'])} | {_est(m['kl'])} | {alpha} | {m['n_answers']} | "
-                     f"{_unparsed(m.get('parse_failures'))} |")  # fmt: skip
+        lines.append(
+            f"| {m['method']} | {cells} | **{_est(m['overall'])}** | "
+            f"{_est(m['utility_accuracy'])} | {_est(m['kl'])} | {alpha} | {m['n_answers']} | "
+            f"{_unparsed(m.get('parse_failures'))} |"
+        )
     lines += ["", _parse_failure_line(summary.get("judge_parse_failures"))]
-    lines += ["", "## Per concept", "", "| id | concept | method | concept | instruct | fluency | overall | factor |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Per concept",
+        "",
+        "| id | concept | method | concept | instruct | fluency | overall | factor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in summary["per_concept"]:
         factor = next(iter(r["factors"].values()), None)
-        lines.append(f"| {r['concept_id']} | {r['concept_name'][:48]} | {r['method']} | "
-                     + " | ".join(_est(r[k], 2) for k in SCORES)
-                     + f" | {'-' if factor is None else f'{factor:g}'} |")  # fmt: skip
+        lines.append(
+            f"| {r['concept_id']} | {r['concept_name'][:48]} | {r['method']} | "
+            + " | ".join(_est(r[k], 2) for k in SCORES)
+            + f" | {'-' if factor is None else f'{factor:g}'} |"
+        )
     return "\n".join(lines) + "\n"

@@ -153,9 +153,8 @@ def run_reproduce(
         raise
     with RunLock(out):  # a second run on this folder is refused, naming this one
         claim_concepts(out, sets)
-        say(
-            f"{'resuming' if resumed else 'starting'} {cfg.setting.name} in {out}: {len(sets)} concepts"
-        )
+        verb = "resuming" if resumed else "starting"
+        say(f"{verb} {cfg.setting.name} in {out}: {len(sets)} concepts")
         model = model or load_model(cfg.model_name, device=cfg.device, dtype=run_dtype(cfg))
         judge = judge or make_judge(cfg.judge, model)
         judge.check()
@@ -187,8 +186,16 @@ def run_reproduce(
         return summary
 
 
-def _train_pending(cfg: ReproduceConfig, model: LoadedModel, out: Path, sets: Sequence[AxBenchTrainingSet],
-                   kind: str, micro: int | None, progress: bool, say: Callable[[str], None]) -> None:  # fmt: skip
+def _train_pending(
+    cfg: ReproduceConfig,
+    model: LoadedModel,
+    out: Path,
+    sets: Sequence[AxBenchTrainingSet],
+    kind: str,
+    micro: int | None,
+    progress: bool,
+    say: Callable[[str], None],
+) -> None:
     todo = [ts for ts in sets if not (concept_dir(out, ts) / "vectors" / f"{kind}.json").exists()]
     if not todo:
         return
@@ -196,14 +203,30 @@ def _train_pending(cfg: ReproduceConfig, model: LoadedModel, out: Path, sets: Se
     tag = hashlib.sha256("|".join(str(ts.concept_id) for ts in todo).encode()).hexdigest()[:10]
     ckpt = out / "checkpoints" / f"{kind}-{tag}"
     per_epoch = -(-max(len(ts.positives) for ts in todo) // tc.batch_size)
-    result = train(model, [ts.positives for ts in todo], tc, checkpoint_dir=ckpt,
-                   checkpoint_every=per_epoch, progress=progress, micro_rows=micro,
-                   cache_budget_bytes=cfg.resources.cache_budget_mb << 20)  # fmt: skip
+    result = train(
+        model,
+        [ts.positives for ts in todo],
+        tc,
+        checkpoint_dir=ckpt,
+        checkpoint_every=per_epoch,
+        progress=progress,
+        micro_rows=micro,
+        cache_budget_bytes=cfg.resources.cache_budget_mb << 20,
+    )
     for ts in todo:
         vec = result.vectors[ts.positives.name]
-        save_vector(vec.replace(info={**vec.info, "concept_id": ts.concept_id}), concept_dir(out, ts) / "vectors" / kind)  # fmt: skip
-    record = {"concepts": [ts.concept_id for ts in todo], "steps": result.steps, "micro_rows": micro,
-              "seconds": round(result.seconds, 1), "tokens": result.tokens, "examples": result.examples}  # fmt: skip
+        save_vector(
+            vec.replace(info={**vec.info, "concept_id": ts.concept_id}),
+            concept_dir(out, ts) / "vectors" / kind,
+        )
+    record = {
+        "concepts": [ts.concept_id for ts in todo],
+        "steps": result.steps,
+        "micro_rows": micro,
+        "seconds": round(result.seconds, 1),
+        "tokens": result.tokens,
+        "examples": result.examples,
+    }
     write_json(out / "shared" / f"train-{kind}-{tag}.json", record)
     shutil.rmtree(ckpt, ignore_errors=True)
     with contextlib.suppress(OSError):  # the parent too, once empty
@@ -215,27 +238,44 @@ def _unsteered_utility(cfg: ReproduceConfig, model: LoadedModel, out: Path, item
     path = out / "shared" / "utility_unsteered.json"
     if (done := read_json(path)) is not None:
         return done
-    ucfg = UtilityConfig(max_new_tokens=cfg.run_sizes.utility_tokens, batch_size=cfg.run_sizes.utility_batch_size)  # fmt: skip
+    ucfg = UtilityConfig(
+        max_new_tokens=cfg.run_sizes.utility_tokens, batch_size=cfg.run_sizes.utility_batch_size
+    )
     result = {"accuracy": evaluate_utility(model, None, items, ucfg).accuracy.to_dict(), "kl": None}
     write_json(path, result)
     return result
 
 
-def _vectors(model: LoadedModel, folder: Path, ts: AxBenchTrainingSet, layer: int) -> dict[str, SteeringVector]:  # fmt: skip
+def _vectors(
+    model: LoadedModel, folder: Path, ts: AxBenchTrainingSet, layer: int
+) -> dict[str, SteeringVector]:
     path = folder / "diffmean"
     if not path.with_suffix(".json").exists():
         md = diffmean(model, ts.positives, ts.negatives, layer)
         direction = SteeringVector(
-            md.direction, layer=layer, positions="all", alpha=1.0, model_id=model.model_id,
+            md.direction,
+            layer=layer,
+            positions="all",
+            alpha=1.0,
+            model_id=model.model_id,
             chat_template_hash=model.chat_template_hash,
             info={"method": "diffmean", "concept": ts.concept, "resid_norm": md.resid_norm},
-        )  # fmt: skip
+        )
         save_vector(direction, path)
     return {name: load_vector(folder / name, model) for name in ("diffmean", *KINDS)}
 
 
-def _concept(cfg: ReproduceConfig, model: LoadedModel, judge: Judge, out: Path, ts: AxBenchTrainingSet,
-             items: list, bar: _Bar, label: str, say: Callable[[str], None]) -> dict:  # fmt: skip
+def _concept(
+    cfg: ReproduceConfig,
+    model: LoadedModel,
+    judge: Judge,
+    out: Path,
+    ts: AxBenchTrainingSet,
+    items: list,
+    bar: _Bar,
+    label: str,
+    say: Callable[[str], None],
+) -> dict:
     folder = concept_dir(out, ts)
     if (done := read_json(folder / "result.json")) is not None:
         for stage in ("diffmean", "steering", "utility"):
@@ -247,11 +287,17 @@ def _concept(cfg: ReproduceConfig, model: LoadedModel, judge: Judge, out: Path, 
     seconds["diffmean"] = round(time.perf_counter() - t, 1)
     bar.step(f"{label} diffmean")
     t = time.perf_counter()
-    methods = [Method.unsteered(), Method.prompt(),
-               Method.factor_search("diffmean", vec["diffmean"], cfg.setting.diffmean_factors, unit=unit),
-               Method.vector("prosv", vec["prosv"]), Method.vector("fssv", vec["fssv"])]  # fmt: skip
+    methods = [
+        Method.unsteered(),
+        Method.prompt(),
+        Method.factor_search("diffmean", vec["diffmean"], cfg.setting.diffmean_factors, unit=unit),
+        Method.vector("prosv", vec["prosv"]),
+        Method.vector("fssv", vec["fssv"]),
+    ]
     rows = ResultLog(folder / "rows.jsonl", KEY_FIELDS)
-    eval_cfg = EvalConfig(max_new_tokens=sizes.max_new_tokens, batch_size=sizes.eval_batch_size, seed=sizes.seed)  # fmt: skip
+    eval_cfg = EvalConfig(
+        max_new_tokens=sizes.max_new_tokens, batch_size=sizes.eval_batch_size, seed=sizes.seed
+    )
     tasks = tasks_from(builtin_instructions("eval")[: sizes.n_eval])
     evaluate_steering(model, ts.concept, methods, tasks, judge, rows, eval_cfg)
     factor = selected_factor(rows.rows, ts.concept, "diffmean")
@@ -259,8 +305,12 @@ def _concept(cfg: ReproduceConfig, model: LoadedModel, judge: Judge, out: Path, 
     seconds["steering"] = round(time.perf_counter() - t, 1)
     bar.step(f"{label} steering")
     t = time.perf_counter()
-    chosen = {"prompt": None, "diffmean": vec["diffmean"].replace(alpha=factor * unit),
-              "prosv": vec["prosv"], "fssv": vec["fssv"]}  # fmt: skip
+    chosen = {
+        "prompt": None,
+        "diffmean": vec["diffmean"].replace(alpha=factor * unit),
+        "prosv": vec["prosv"],
+        "fssv": vec["fssv"],
+    }
     utility = read_json(folder / "utility.json")
     if utility is None:
         utility = _utility(cfg, model, ts.concept, chosen, items)
@@ -273,7 +323,9 @@ def _concept(cfg: ReproduceConfig, model: LoadedModel, judge: Judge, out: Path, 
     return result
 
 
-def _utility(cfg: ReproduceConfig, model: LoadedModel, concept: str, chosen: dict, items: list) -> dict:  # fmt: skip
+def _utility(
+    cfg: ReproduceConfig, model: LoadedModel, concept: str, chosen: dict, items: list
+) -> dict:
     """Task accuracy and KL damage under each method (the prompt baseline: the same items and
     continuations behind the steering prompt)."""
     sizes = cfg.run_sizes
@@ -286,8 +338,13 @@ def _utility(cfg: ReproduceConfig, model: LoadedModel, concept: str, chosen: dic
         if sv is None:
             prompted = [replace(it, prompt=render(it.prompt, concept)) for it in items]
             acc = evaluate_utility(model, None, prompted, ucfg).accuracy
-            kl = kl_damage(model, None, kl_prompts, kcfg,
-                           steered_prompts=[render(p, concept) for p in kl_prompts])  # fmt: skip
+            kl = kl_damage(
+                model,
+                None,
+                kl_prompts,
+                kcfg,
+                steered_prompts=[render(p, concept) for p in kl_prompts],
+            )
         else:
             acc = evaluate_utility(model, sv, items, ucfg).accuracy
             kl = kl_damage(model, sv, kl_prompts, kcfg)

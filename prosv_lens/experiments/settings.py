@@ -99,12 +99,17 @@ class RunSizes:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        small = [f.name for f in fields(self) if f.name != "seed"
-                 and getattr(self, f.name) is not None and getattr(self, f.name) < 1]  # fmt: skip
+        small = [
+            f.name
+            for f in fields(self)
+            if f.name != "seed" and getattr(self, f.name) is not None and getattr(self, f.name) < 1
+        ]
         if small:
             raise ExperimentError(f"sizes must be >= 1: {', '.join(small)}")
         if self.n_eval < 2:
-            raise ExperimentError(f"n_eval must be >= 2 (a selection half and a test half), got {self.n_eval}")  # fmt: skip
+            raise ExperimentError(
+                f"n_eval must be >= 2 (a selection half and a test half), got {self.n_eval}"
+            )
 
     def replace(self, **changes: Any) -> "RunSizes":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -123,8 +128,8 @@ class Setting:
         layer: the steered block.
         dtype: the model's parameter dtype (``bfloat16`` as the paper; ``float32`` on CPU).
         axbench: the AxBench Concept10 source on the hub (``hf:pyvene/axbench-concept10/2b/l10``).
-        local_folder: the same configuration's folder name under ``../shared/data/axbench-concept10``
-            (used instead of the hub when it exists).
+        local_folder: the same configuration's folder name under
+            ``../shared/data/axbench-concept10`` (used instead of the hub when it exists).
         shape: the model's architecture shape (plans need no download).
         prosv / fssv: the authors' overrides of the PrOSV / FSSV training presets.
         diffmean_factors: DiffMean's factor grid, in multiples of the median residual norm at
@@ -146,9 +151,13 @@ class Setting:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ExperimentError(f"setting {self.name}: dtype must be one of {DTYPES}, got {self.dtype!r}")  # fmt: skip
+            raise ExperimentError(
+                f"setting {self.name}: dtype must be one of {DTYPES}, got {self.dtype!r}"
+            )
         if not 0 <= self.layer < self.shape.n_layers:
-            raise ExperimentError(f"setting {self.name}: layer {self.layer} outside 0..{self.shape.n_layers - 1}")  # fmt: skip
+            raise ExperimentError(
+                f"setting {self.name}: layer {self.layer} outside 0..{self.shape.n_layers - 1}"
+            )
 
     def data_source(self) -> str:
         """The local Concept10 folder when it exists (``$PROSV_AXBENCH_ROOT`` or the shared data
@@ -172,10 +181,15 @@ _9B_FSSV = (("beta", 2.0), ("lr_alpha", 0.1), ("c", 8.0), ("epochs", 18))
 
 def _gemma(size: str, layer: int, shape: ModelShape, **kw: Any) -> Setting:
     return Setting(
-        name=f"gemma-2-{size}-l{layer}", model=f"google/gemma-2-{size}-it", layer=layer,
-        dtype="bfloat16", axbench=f"hf:pyvene/axbench-concept10/{size}/l{layer}",
-        local_folder=f"prod_{size}_l{layer}_v1", shape=shape, **kw,
-    )  # fmt: skip
+        name=f"gemma-2-{size}-l{layer}",
+        model=f"google/gemma-2-{size}-it",
+        layer=layer,
+        dtype="bfloat16",
+        axbench=f"hf:pyvene/axbench-concept10/{size}/l{layer}",
+        local_folder=f"prod_{size}_l{layer}_v1",
+        shape=shape,
+        **kw,
+    )
 
 
 SETTINGS: dict[str, Setting] = {
@@ -193,7 +207,7 @@ SETTINGS: dict[str, Setting] = {
             axbench="hf:pyvene/axbench-concept10/2b/l10",
             local_folder="prod_2b_l10_v1",
             shape=SMOLLM2_135M,
-        ),  # fmt: skip
+        ),
     )
 }
 
