@@ -28,7 +28,7 @@ Two backends (``GenerationConfig.backend``), same position semantics:
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -60,15 +60,27 @@ class GenerationConfig:
             ``"auto"`` (``hf`` on CUDA, else ``bridge``); see the module docstring.
     """
 
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop_at_eos: bool = True
-    use_cache: bool = True
-    progress: bool = False
-    backend: str = "bridge"
+    max_new_tokens: int = field(
+        default=64, metadata={"help": "upper bound on generated tokens per row", "min": 1}
+    )
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of the argmax"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature (> 0)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus mass when sampling (0, 1]"})
+    seed: int | None = field(
+        default=None,
+        metadata={"help": "seeds the sampler's own generator", "default_help": "unseeded"},
+    )
+    stop_at_eos: bool = field(
+        default=True, metadata={"help": "stop a row at end-of-sequence / end-of-turn tokens"}
+    )
+    use_cache: bool = field(default=True, metadata={"help": "use the KV cache"})
+    progress: bool = field(
+        default=False, metadata={"help": "a progress bar over decoding steps (bridge backend)"}
+    )
+    backend: str = field(
+        default="bridge",
+        metadata={"choices": BACKENDS, "help": "bridge (the reference loop), hf or auto"},
+    )
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

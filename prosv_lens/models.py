@@ -72,6 +72,16 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 }
 
 
+DEFAULT_LAYER_FRACTION = 0.4
+"""The default steered block, as a fraction of the depth (the paper's relative layer)."""
+
+
+def default_layer(n_layers: int) -> int:
+    """The default steered block of an ``n_layers``-block model: 40% of the depth, rounded
+    (12 of SmolLM2-135M's 30 blocks, 10 of Gemma-2-2B's 26)."""
+    return round(DEFAULT_LAYER_FRACTION * n_layers)
+
+
 def hook_name(layer: int) -> HookName:
     """The one place hook names are built: the residual stream after block ``layer``."""
     return f"blocks.{layer}.hook_resid_post"

@@ -20,7 +20,7 @@ else is refused, and the folder is locked while a run works in it
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prosv_lens._version import __version__
@@ -44,7 +44,7 @@ from prosv_lens.experiments.run_folder import check_fingerprint, claim_folder, w
 from prosv_lens.figures import steering_scores_figure
 from prosv_lens.figures.style import save
 from prosv_lens.interventions import SteeringVector
-from prosv_lens.models import DEFAULT_MODEL, LoadedModel, load_model, parse_dtype
+from prosv_lens.models import DEFAULT_MODEL, LoadedModel, default_layer, load_model, parse_dtype
 from prosv_lens.safe_io import RunLock
 from prosv_lens.safe_io import check_fingerprint as check_inputs
 from prosv_lens.training import TrainConfig, train
@@ -94,14 +94,27 @@ class AxBenchEvalConfig:
         seed: sampling seed of the judged answers.
     """
 
-    axbench: str
-    out: str
-    n_concepts: int = 10
-    sizes: str = "full"
-    model: str = DEFAULT_MODEL
-    dtype: str = "float32"
-    layer: int | None = None
-    seed: int = 0
+    axbench: str = field(
+        metadata={"help": "an AxBench folder or hf:pyvene/axbench-concept10/2b/l10-style id"}
+    )
+    out: str = field(metadata={"help": "run folder; rerun the same command to resume"})
+    n_concepts: int = field(
+        default=10, metadata={"help": "the first N concepts of the folder", "min": 1}
+    )
+    sizes: str = field(
+        default="full",
+        metadata={
+            "choices": tuple(SIZES),
+            "help": "full (72 examples, 6 epochs, 20 instructions) or smoke (toy sizes)",
+        },
+    )
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "the model to steer"})
+    dtype: str = field(default="float32", metadata={"help": "weight dtype"})
+    layer: int | None = field(
+        default=None,
+        metadata={"help": "steered block", "min": 0, "default_help": "40% of the depth"},
+    )
+    seed: int = field(default=0, metadata={"help": "sampling seed of the judged answers"})
 
     def __post_init__(self) -> None:
         """Raises ConfigError (DtypeError for ``dtype``) naming the field, value and fix."""
@@ -191,7 +204,7 @@ def run_axbench_eval(
         }
         check_inputs(out, inputs, name="inputs.json", other="another --out")
         say(f"{'resuming' if resumed else 'starting'} in {out}: {len(sets)} concepts")
-        layer = cfg.layer if cfg.layer is not None else round(0.4 * model.n_layers)
+        layer = cfg.layer if cfg.layer is not None else default_layer(model.n_layers)
         vectors = {kind: _vectors(cfg, model, out, sets, kind, layer, say) for kind in KINDS}
         scores = _judge_all(cfg, model, judge, out, sets, vectors, layer, say)
         title = (

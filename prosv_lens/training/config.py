@@ -10,7 +10,7 @@ only). The presets are the paper's settings for Gemma-2-2B-it layer 10 (Lang. ob
 """
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from prosv_lens.errors import ConfigError
@@ -59,26 +59,82 @@ class TrainConfig:
             (default): eager. One compile serves every block of the same shape.
     """
 
-    layer: int
-    positions: str = "f2+l2"
-    objective: str = "lang"
-    beta: float = 4.0
-    c: float = 8.0
-    lr_v: float = 4e-2
-    lr_alpha: float = 10.0
-    epochs: int = 12
-    batch_size: int = 12
-    variant: str = "joint"
-    optimizer: str = "adam"
-    clip_v: float | None = 1.0
-    seed: int = 42
-    max_response_tokens: int | None = 128
-    path: str = "fast"
-    param_dtype: str = "float32"
-    tf32: bool = False
-    logits_budget_mb: int = 1024
-    pad_multiple: int | None = None
-    compile: str | None = None
+    layer: int = field(metadata={"help": "block whose output (hook_resid_post) is steered"})
+    positions: str = field(
+        default="f2+l2", metadata={"help": "position spec (f2+l2 PrOSV, all FSSV, ...)"}
+    )
+    objective: str = field(
+        default="lang",
+        metadata={
+            "choices": OBJECTIVES,
+            "help": "lang (LM on responses) or simpo (preference vs neutral responses)",
+        },
+    )
+    beta: float = field(
+        default=4.0, metadata={"help": "factor init scale, alpha0 = beta * sqrt(d)"}
+    )
+    c: float = field(
+        default=8.0, metadata={"help": "direction init scale, v_i ~ U(-c/sqrt(d), c/sqrt(d))"}
+    )
+    lr_v: float = field(default=4e-2, metadata={"help": "learning rate of the direction v"})
+    lr_alpha: float = field(default=10.0, metadata={"help": "learning rate of the factor alpha"})
+    epochs: int = field(default=12, metadata={"help": "passes over each concept's data", "min": 1})
+    batch_size: int = field(
+        default=12, metadata={"help": "examples per step per concept", "min": 1}
+    )
+    variant: str = field(
+        default="joint",
+        metadata={
+            "choices": VARIANTS,
+            "help": "joint (the paper), unit (v renormalised each step) or fixed_alpha",
+        },
+    )
+    optimizer: str = field(
+        default="adam",
+        metadata={"choices": OPTIMIZERS, "help": "adam (the paper) or sgd (ablation)"},
+    )
+    clip_v: float | None = field(
+        default=1.0, metadata={"help": "gradient-norm clip of v only (None: no clipping)"}
+    )
+    seed: int = field(
+        default=42, metadata={"help": "seeds initialisation and data order (per concept)"}
+    )
+    max_response_tokens: int | None = field(
+        default=128, metadata={"help": "responses are cut to this many tokens", "min": 1}
+    )
+    path: str = field(
+        default="fast",
+        metadata={
+            "choices": PATHS,
+            "help": "fast (cached residual, blocks above L) or full (the reference path)",
+        },
+    )
+    param_dtype: str = field(
+        default="float32",
+        metadata={
+            "choices": PARAM_DTYPES,
+            "help": "float32: fp32 master copies of alpha, v and Adam's state; model: the "
+            "authors' numerics, alpha and v in the model's dtype",
+        },
+    )
+    tf32: bool = field(default=False, metadata={"help": "allow TF32 matmuls on CUDA"})
+    logits_budget_mb: int = field(
+        default=1024, metadata={"help": "memory (MiB) for one chunk of response logits"}
+    )
+    pad_multiple: int | None = field(
+        default=None,
+        metadata={
+            "help": "pad micro-batch widths to a multiple",
+            "default_help": "64 on a GPU, 1 on a CPU",
+        },
+    )
+    compile: str | None = field(
+        default=None,
+        metadata={
+            "help": "torch.compile backend for the blocks above L (e.g. inductor on a GPU)",
+            "default_help": "none, eager",
+        },
+    )
 
     def __post_init__(self) -> None:
         PositionSpec.parse(self.positions)  # raises PositionSpecError on a bad spec
