@@ -1,9 +1,12 @@
-"""AxBench data: the release and hub layouts, a concept's training set, latent-eval rows."""
+"""AxBench data: the release, repository and hub layouts, a concept's training set, latent-eval
+rows, and the concept ids of a configuration for runs over many concepts."""
 
 import os
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import cache
+from operator import index
 from pathlib import Path
 
 from prosv_lens.concepts.data import (
@@ -12,72 +15,155 @@ from prosv_lens.concepts.data import (
     ConceptFileNotFoundError,
     UnknownConceptError,
 )
+from prosv_lens.errors import ConfigError
 from prosv_lens.safe_io import json_type, parse_jsonl_text, read_text_file
 
 _HUB_PREFIX = "hf:"
+_REPO_PREFIX = "axbench-repo:"
+_REPO_URL = "https://github.com/stanfordnlp/axbench"
 _TRAIN_COLUMNS = ("input", "output", "concept_genre", "category", "concept_id")
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+# (metadata, training data, latent-eval data) relative to the folder, per layout.
+_LAYOUT_FILES = {
+    "release": ("metadata.jsonl", "train_data.parquet", "latent_eval_data.parquet"),
+    "repo": (
+        "generate/metadata.jsonl",
+        "generate/train_data.parquet",
+        "inference/latent_eval_data.parquet",
+    ),
+    "hub": (None, "train/data.parquet", "test/data.parquet"),
+}
 
 
 @dataclass(frozen=True)
 class AxBenchFolder:
-    """A local AxBench configuration folder in one of the two layouts (see the module docs).
+    """A local AxBench configuration folder in one of three layouts (see the module docs).
 
     Attributes:
-        root: the folder.
-        layout: ``"release"`` (metadata.jsonl + train_data.parquet) or ``"hub"``
-            (train/data.parquet, test/data.parquet).
+        root: the folder (e.g. ``.../concept500/prod_2b_l10_v1``).
+        layout: ``"release"`` (metadata.jsonl, train_data.parquet and latent_eval_data.parquet
+            side by side), ``"repo"`` (the AxBench GitHub repository's own layout:
+            generate/metadata.jsonl, generate/train_data.parquet,
+            inference/latent_eval_data.parquet) or ``"hub"`` (train/data.parquet,
+            test/data.parquet, no metadata).
     """
 
     root: Path
     layout: str
 
     @property
+    def metadata_file(self) -> Path | None:
+        """The concepts' ``metadata.jsonl`` (``None`` in the hub layout, which has none)."""
+        name = _LAYOUT_FILES[self.layout][0]
+        return None if name is None else self.root / name
+
+    @property
     def train_file(self) -> Path:
-        return self.root / (
-            "train_data.parquet" if self.layout == "release" else "train/data.parquet"
-        )
+        """The training rows (``train_data.parquet`` / ``train/data.parquet``)."""
+        return self.root / _LAYOUT_FILES[self.layout][1]
 
     @property
     def latent_file(self) -> Path:
         """Held-out labelled rows (``latent_eval_data.parquet`` / ``test/data.parquet``)."""
-        name = "latent_eval_data.parquet" if self.layout == "release" else "test/data.parquet"
-        return self.root / name
+        return self.root / _LAYOUT_FILES[self.layout][2]
 
 
 def resolve_axbench(source: "str | Path | AxBenchFolder") -> AxBenchFolder:
-    """Find an AxBench configuration: a local folder, or ``hf:<owner>/<dataset>/<sub/folder>``.
+    """Find an AxBench configuration: a local folder, an AxBench clone plus a setting, or a hub id.
 
-    A hub source (e.g. ``hf:pyvene/axbench-concept10/2b/l10``, optionally ending in
-    ``@<revision>``) is downloaded with ``huggingface_hub`` into the Hugging Face cache (once;
-    later calls, also offline, read the cached files).
+    Accepted sources:
+
+    * a configuration folder in any layout of :class:`AxBenchFolder`, e.g. the shared Concept10
+      copy ``.../axbench-concept10/prod_2b_l10_v1`` or, in a clone of the AxBench repository,
+      ``<clone>/axbench/concept500/prod_2b_l10_v1`` (files in ``generate/`` and ``inference/``);
+    * ``axbench-repo:<clone>:<set>/<config>``, e.g. ``axbench-repo:~/axbench:concept500/2b_l10``
+      (the same folder; ``<clone>`` is the repository root or its inner ``axbench/`` folder,
+      ``<config>`` is ``2b_l10`` or ``prod_2b_l10_v1``);
+    * ``hf:<owner>/<dataset>/<sub/folder>`` (e.g. ``hf:pyvene/axbench-concept10/2b/l10``,
+      optionally ending in ``@<revision>``), downloaded with ``huggingface_hub`` into the Hugging
+      Face cache (once; later calls, also offline, read the cached files).
+
+    A folder with only ``metadata.jsonl`` (a sparse clone, or parquet files left as Git LFS
+    pointers) resolves: listing concepts works, and loading a concept's rows raises a
+    :class:`ConceptDataError` that names the missing file and how to fetch it.
 
     Raises:
-        ConceptFileNotFoundError: the folder does not exist or holds neither layout.
-        ConceptDataError: the hub is disabled (``HF_HUB_OFFLINE=1``) or unreachable and the files
-            are not cached, or the dataset has no such folder.
+        ConceptFileNotFoundError: the folder (or clone, set, configuration) does not exist or
+            holds no layout.
+        ConceptDataError: a malformed ``axbench-repo:`` source; the hub is disabled
+            (``HF_HUB_OFFLINE=1``) or unreachable and the files are not cached, or the dataset
+            has no such folder.
     """
     if isinstance(source, AxBenchFolder):
         return source
     if isinstance(source, str) and source.startswith(_HUB_PREFIX):
         return _download_axbench(source[len(_HUB_PREFIX) :])
+    if isinstance(source, str) and source.startswith(_REPO_PREFIX):
+        source = _repo_config_folder(source[len(_REPO_PREFIX) :])
     root = Path(source).expanduser()
     if not root.is_dir():
         state = "is a file, not a folder" if root.exists() else "does not exist"
         raise ConceptFileNotFoundError(
             f"AxBench folder {root} {state}: pass a folder holding metadata.jsonl + "
-            f"train_data.parquet (AxBench repository) or train/data.parquet (Hugging Face "
-            f"release), or a hub source such as 'hf:pyvene/axbench-concept10/2b/l10'."
+            f"train_data.parquet, or generate/ + inference/ (AxBench repository), or "
+            f"train/data.parquet (Hugging Face release), or a source such as "
+            f"'axbench-repo:<clone>:concept500/2b_l10' or 'hf:pyvene/axbench-concept10/2b/l10'."
         )
-    if (root / "train_data.parquet").exists() and (root / "metadata.jsonl").exists():
+    if (root / "metadata.jsonl").is_file():
         return AxBenchFolder(root, "release")
+    if (root / "generate" / "metadata.jsonl").is_file():
+        return AxBenchFolder(root, "repo")
     if (root / "train" / "data.parquet").exists():
         return AxBenchFolder(root, "hub")
+    configs = _subfolders(root, "prod_")
+    hint = (
+        f"it holds the configurations {configs}: pass one of them"
+        if configs
+        else "for a Concept10 or Concept500 configuration point at e.g. .../prod_2b_l10_v1"
+    )
     present = sorted(p.name for p in root.iterdir())[:10]
     raise ConceptFileNotFoundError(
-        f"{root} is not an AxBench folder: it needs metadata.jsonl and train_data.parquet, or "
-        f"train/data.parquet (found: {present}). For a Concept10 configuration point at e.g. "
-        f".../axbench-concept10/prod_2b_l10_v1."
+        f"{root} is not an AxBench folder: it needs metadata.jsonl (+ train_data.parquet), "
+        f"generate/metadata.jsonl, or train/data.parquet (found: {present}); {hint}."
     )
+
+
+def _subfolders(root: Path, prefix: str) -> list[str]:
+    """Names of ``root``'s sub-folders starting with ``prefix``, sorted."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix))
+
+
+def _repo_config_folder(spec: str) -> Path:
+    """The configuration folder an ``axbench-repo:<clone>:<set>/<config>`` source names."""
+    example = "e.g. 'axbench-repo:~/axbench:concept500/2b_l10'"
+    clone, sep, setting = spec.rpartition(":")
+    set_name, _, config = setting.partition("/")
+    if not sep or not clone or not set_name or not config or "/" in config:
+        raise ConceptDataError(
+            f"'axbench-repo:{spec}' must read axbench-repo:<clone>:<set>/<config>, {example} "
+            f"(<clone>: a clone of {_REPO_URL})."
+        )
+    repo = Path(clone).expanduser()
+    if not repo.is_dir():
+        raise ConceptFileNotFoundError(
+            f"AxBench clone {repo} does not exist: clone it with 'git clone {_REPO_URL}' "
+            f"and pass its folder, {example}."
+        )
+    data_root = repo / "axbench" if (repo / "axbench").is_dir() else repo
+    set_dir = data_root / set_name
+    if not set_dir.is_dir():
+        raise ConceptFileNotFoundError(
+            f"{data_root} has no data set {set_name!r} (found: {_subfolders(data_root, 'concept')}): "
+            f"pass the AxBench repository root, {example}."
+        )
+    folder = set_dir / (config if config.startswith("prod_") else f"prod_{config}_v1")
+    if not folder.is_dir():
+        found = [n.removeprefix("prod_").removesuffix("_v1") for n in _subfolders(set_dir, "prod_")]
+        raise ConceptFileNotFoundError(
+            f"{set_dir} has no configuration {config!r} ({folder.name}); found: {found}."
+        )
+    return folder
 
 
 def _download_axbench(spec: str) -> AxBenchFolder:
@@ -151,11 +237,42 @@ def _read_parquet_cached(path: str, mtime_ns: int, columns: tuple[str, ...]):  #
     return df
 
 
-def _read_parquet(path: Path, what: str):
+def _fetch_hint(src: AxBenchFolder, path: Path) -> str:
+    """How to get ``path`` of ``src`` onto this machine (one sentence, no newline)."""
+    if src.layout == "hub":
+        return "download the configuration again (a hf: source) or point at a complete folder"
+    rel = path.relative_to(src.root).as_posix()
+    return (
+        f"the AxBench repository keeps it as a large file: in your clone of {_REPO_URL} run "
+        f"'git lfs pull' (or 'git sparse-checkout disable' in a sparse clone), or make a full "
+        f"clone, so that {src.root.name}/{rel} holds the data; listing concepts needs only "
+        f"the metadata"
+    )
+
+
+def _is_lfs_pointer(path: Path) -> bool:
+    """Whether ``path`` is a Git LFS pointer file left in place of the data."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(_LFS_POINTER)) == _LFS_POINTER
+    except OSError:
+        return False
+
+
+def _read_parquet(src: AxBenchFolder, path: Path, what: str):
+    """The parquet ``path`` of ``src`` (cached by path and mtime), checked for AxBench columns.
+
+    Raises:
+        ConceptFileNotFoundError: the file is absent (a metadata-only folder).
+        ConceptDataError: a Git LFS pointer, an unreadable/corrupt file or missing columns.
+    """
     if not path.exists():
         raise ConceptFileNotFoundError(
-            f"{path} not found: this AxBench folder has no {what}; download the configuration "
-            f"again or point at a complete folder."
+            f"{path} not found: this AxBench folder has no {what}; {_fetch_hint(src, path)}."
+        )
+    if _is_lfs_pointer(path):
+        raise ConceptDataError(
+            f"{path} is a Git LFS pointer, not the {what}; {_fetch_hint(src, path)}."
         )
     return _read_parquet_cached(str(path), path.stat().st_mtime_ns, _TRAIN_COLUMNS)
 
@@ -163,13 +280,14 @@ def _read_parquet(path: Path, what: str):
 def axbench_concepts(folder: "str | Path | AxBenchFolder") -> list[dict]:
     """One dict per concept: ``concept_id``, ``concept``, ``concept_genres_map`` (and ``ref``).
 
-    Read from ``metadata.jsonl`` in the release layout, or derived from the training parquet's
-    positives (``concept_id``, ``output_concept``, ``concept_genre``) in the hub layout.
+    Read from ``metadata.jsonl`` in the release and repository layouts (so it works in a
+    metadata-only folder), or derived from the training parquet's positives (``concept_id``,
+    ``output_concept``, ``concept_genre``) in the hub layout.
     """
     src = resolve_axbench(folder)
-    if src.layout == "release":
-        return _read_metadata(src.root / "metadata.jsonl")
-    df = _read_parquet(src.train_file, "training data")
+    if src.metadata_file is not None:
+        return _read_metadata(src.metadata_file)
+    df = _read_parquet(src, src.train_file, "training data")
     if "output_concept" not in df.columns:
         raise ConceptDataError(f"{src.train_file} lacks the 'output_concept' column.")
     pos = df[df.category == "positive"].drop_duplicates("concept_id").sort_values("concept_id")
@@ -262,7 +380,7 @@ def load_axbench_concept(
         raise ConceptDataError(f"negatives must be None or 'genre', got {negatives!r}")
     src = resolve_axbench(folder)
     concept, genre = _concept_meta(src, concept_id)
-    df = _read_parquet(src.train_file, "training data")
+    df = _read_parquet(src, src.train_file, "training data")
     if negatives == "genre":
         rows = df[(df.category == "negative") & (df.concept_genre == genre)]
         name = f"{concept} (negatives)"
@@ -341,7 +459,7 @@ def load_axbench_latent_eval(
     Concept10. Data nobody here wrote, for validating concept-presence judges."""
     src = resolve_axbench(folder)
     concept, _ = _concept_meta(src, concept_id)
-    rows = _read_parquet(src.latent_file, "latent evaluation data")
+    rows = _read_parquet(src, src.latent_file, "latent evaluation data")
     rows = rows[rows.concept_id == concept_id]
     return LabeledResponses(
         concept,
@@ -350,3 +468,100 @@ def load_axbench_latent_eval(
         tuple(rows.category),
         tuple(rows.concept_genre),
     )
+
+
+# -- runs over many concepts ----------------------------------------------------------------------
+
+
+def _id_ranges(ids: Iterable[int]) -> str:
+    """Sorted ids as compact ranges: ``0-9, 12, 15-20``."""
+    spans: list[list[int]] = []
+    for i in sorted(set(ids)):
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _as_ids(ids: Iterable[object], what: str) -> tuple[int, ...]:
+    """``ids`` as whole numbers, each once (:class:`ConfigError` naming the offenders)."""
+    out: list[int] = []
+    for i in ids:
+        try:
+            if isinstance(i, bool):
+                raise TypeError
+            out.append(index(i))  # type: ignore[arg-type]
+        except TypeError:
+            raise ConfigError(
+                f"{what} must be whole numbers (concept ids), got {i!r} ({type(i).__name__})."
+            ) from None
+    repeated = sorted({i for i in out if out.count(i) > 1})
+    if repeated:
+        raise ConfigError(f"{what} lists concept ids {repeated} more than once: list each once.")
+    return tuple(out)
+
+
+def axbench_concept_ids(
+    source: "str | Path | AxBenchFolder",
+    *,
+    first: int | None = None,
+    ids: Sequence[int] | None = None,
+) -> tuple[int, ...]:
+    """The concept ids of an AxBench configuration, checked, for runs over many concepts.
+
+    Only the metadata is read, so this works in a metadata-only folder (e.g. a clone without the
+    Concept500 parquet files). With neither ``first`` nor ``ids``: every id, ascending.
+
+    Args:
+        source: an AxBench configuration (see :func:`resolve_axbench`).
+        first: the ``first`` lowest ids (Concept10 is the first 10 concepts of Concept500, so
+            ``first=10`` of a Concept500 folder names the Concept10 concepts).
+        ids: these ids, in the order given (each must exist in the configuration).
+
+    Raises:
+        ConfigError: both ``first`` and ``ids``, ``first`` < 1, an empty ``ids``, an id that is
+            not a whole number, or one listed twice.
+        UnknownConceptError: ids not in the configuration (named, with the valid ids); a
+            :class:`ConceptDataError` and a ``KeyError``.
+        ConceptDataError: ``first`` exceeds the number of concepts; unreadable metadata.
+    """
+    if first is not None and ids is not None:
+        raise ConfigError("pass first or ids, not both (first: the N lowest ids; ids: a list).")
+    if first is not None and (isinstance(first, bool) or not isinstance(first, int) or first < 1):
+        raise ConfigError(f"first must be a whole number >= 1, got {first!r}.")
+    wanted = None if ids is None else _as_ids(ids, "ids")
+    if wanted == ():
+        raise ConfigError("ids is empty: list at least one concept id, or pass first=N.")
+    src = resolve_axbench(source)
+    known = sorted({int(m["concept_id"]) for m in axbench_concepts(src)})
+    valid = f"it holds {len(known)} concepts, ids {_id_ranges(known)}"
+    if first is not None:
+        if first > len(known):
+            raise ConceptDataError(
+                f"first={first} but {src.root} holds only {len(known)} concepts (ids "
+                f"{_id_ranges(known)}): lower first, or point at a larger set (Concept500)."
+            )
+        return tuple(known[:first])
+    if wanted is None:
+        return tuple(known)
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise UnknownConceptError(f"unknown concept ids {unknown} in {src.root}: {valid}.")
+    return wanted
+
+
+def concept_blocks(ids: Iterable[int], k: int) -> tuple[tuple[int, ...], ...]:
+    """``ids`` cut into consecutive blocks of ``k`` (the last may be shorter), in the given order.
+
+    A block is one work unit of a run over many concepts: e.g. 500 ids with ``k=50`` give 10
+    blocks, and joining the blocks gives back ``ids``. No ids give no blocks.
+
+    Raises:
+        ConfigError: ``k`` is not a whole number >= 1, or an id is not a whole number or is
+            listed twice.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"block size k must be a whole number >= 1, got {k!r}.")
+    todo = _as_ids(ids, "the concept ids")
+    return tuple(todo[i : i + k] for i in range(0, len(todo), k))
