@@ -60,9 +60,21 @@ class Resources:
             memory-mapped on disk.
     """
 
-    micro_rows: int | None = None
-    logits_budget_mb: int = 1024
-    cache_budget_mb: int = 2048
+    micro_rows: int | None = field(
+        default=None,
+        metadata={
+            "help": "training rows per forward pass",
+            "min": 1,
+            "default_help": "8 on CPU, all on GPU",
+        },
+    )
+    logits_budget_mb: int = field(
+        default=1024, metadata={"help": "response-logits chunk (MiB)", "min": 1}
+    )
+    cache_budget_mb: int = field(
+        default=2048,
+        metadata={"help": "residual cache (MiB) kept in memory, the rest on disk", "min": 0},
+    )
 
     def __post_init__(self) -> None:
         """Raises ExperimentError naming a knob that is not a whole number in range (the

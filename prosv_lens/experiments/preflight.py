@@ -60,15 +60,46 @@ class ReproduceConfig:
         judge: ``offline`` (MiniLM + SmolLM2 fluency, no network) or ``llm`` (OpenAI-compatible).
     """
 
-    setting: Setting
-    out_dir: str | None = None
-    concept_ids: tuple[int, ...] | None = None
-    axbench: str | None = None
-    model: str | None = None
-    device: str | None = None
-    sizes: RunSizes | None = None
-    resources: Resources = field(default_factory=Resources)
-    judge: str = "offline"
+    setting: Setting = field(metadata={"help": "the registered setting"})
+    out_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "run folder; rerun the same command to resume",
+            "default_help": "results/reproduce/SETTING",
+        },
+    )
+    concept_ids: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "AxBench concept ids"}
+    )
+    axbench: str | None = field(
+        default=None,
+        metadata={
+            "help": "data source instead of the setting's: an AxBench folder or "
+            "hf:pyvene/axbench-concept10/2b/l10-style id"
+        },
+    )
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "model instead of the setting's (e.g. a local checkpoint folder of the "
+            "same model)"
+        },
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "cpu, cuda, ...", "default_help": "cuda if present"}
+    )
+    sizes: RunSizes | None = field(
+        default=None, metadata={"help": "the sizes", "default_help": "the setting's"}
+    )
+    resources: Resources = field(default_factory=Resources, metadata={"help": "memory knobs"})
+    judge: str = field(
+        default="offline",
+        metadata={
+            "choices": ("offline", "llm"),
+            "help": "offline (MiniLM + SmolLM2 fluency) or llm (OPENAI_API_KEY, "
+            "PROSV_JUDGE_BASE_URL, PROSV_JUDGE_MODEL)",
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.judge not in ("offline", "llm"):

@@ -15,7 +15,7 @@ for Gemma-2-9B layer 31 (the 9B layer-20 values are used).
 """
 
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,19 +84,44 @@ class RunSizes:
         seed: the sampling seed of the judged generations (training keeps the trainer's seed 42).
     """
 
-    n_concepts: int = 10
-    n_train: int = 72
-    epochs: int | None = None
-    batch_size: int = 12
-    max_response_tokens: int = 128
-    n_eval: int = 10
-    max_new_tokens: int = 128
-    eval_batch_size: int = 16
-    n_utility: int | None = None
-    utility_tokens: int = 32
-    n_kl_prompts: int = 16
-    utility_batch_size: int = 16
-    seed: int = 0
+    n_concepts: int = field(
+        default=10, metadata={"help": "the first N concepts of the data", "min": 1}
+    )
+    n_train: int = field(default=72, metadata={"help": "training examples per concept", "min": 1})
+    epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "training epochs",
+            "min": 1,
+            "default_help": "12, or the setting's per-vector value",
+        },
+    )
+    batch_size: int = field(
+        default=12, metadata={"help": "examples per step per concept", "min": 1}
+    )
+    max_response_tokens: int = field(
+        default=128, metadata={"help": "training response length", "min": 1}
+    )
+    n_eval: int = field(
+        default=10,
+        metadata={"help": "held-out instructions per concept, half select, half score", "min": 1},
+    )
+    max_new_tokens: int = field(default=128, metadata={"help": "judged answer length", "min": 1})
+    eval_batch_size: int = field(
+        default=16, metadata={"help": "answers per generation batch", "min": 1}
+    )
+    n_utility: int | None = field(
+        default=None,
+        metadata={"help": "built-in utility items", "min": 1, "default_help": "all 84"},
+    )
+    utility_tokens: int = field(
+        default=32, metadata={"help": "utility answer / KL continuation length", "min": 1}
+    )
+    n_kl_prompts: int = field(default=16, metadata={"help": "KL damage prompts", "min": 1})
+    utility_batch_size: int = field(
+        default=16, metadata={"help": "utility items / KL prompts per batch", "min": 1}
+    )
+    seed: int = field(default=0, metadata={"help": "sampling seed of the judged answers"})
 
     def __post_init__(self) -> None:
         small = [
