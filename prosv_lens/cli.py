@@ -15,19 +15,32 @@ Examples::
 """
 
 import argparse
+import dataclasses
 import json
-import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from prosv_lens._version import __version__
+from prosv_lens.cli_options import (
+    add_options,
+    field_help,
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    option_values,
+    positive_float,
+    positive_int,
+)
 from prosv_lens.errors import ConfigError, ProsvError
+from prosv_lens.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from prosv_lens.experiments.claims import ResultFolders
+
+    _Sub = argparse._SubParsersAction["_Parser"]
 
 
 def _out(text: str = "") -> None:
@@ -51,72 +64,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line} (see {self.prog} --help)\n")
 
 
-def finite_float(text: str) -> float:
-    """A command-line float that is neither NaN nor infinite."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _float_at_least(low: float, *, strict: bool) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = finite_float(text)
-        if value < low or (strict and value == low):
-            bound = f"> {low:g}" if strict else f">= {low:g}"
-            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_float = _float_at_least(0.0, strict=True)
-non_negative_float = _float_at_least(0.0, strict=False)
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_int = _int_at_least(1)
-"""A command-line count of at least 1 (epochs, batch sizes, token counts)."""
-non_negative_int = _int_at_least(0)
-"""A command-line count or index of at least 0 (layers, ids, ``--show``)."""
-
-
 def _model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m-instruct",
-                   help="smollm2-135m-instruct (default), gemma-3-270m, tiny, a folder or a hub id")  # fmt: skip
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"{DEFAULT_MODEL} (default), gemma-3-270m, tiny, a folder or a hub id",
+    )
+    _device_arg(p)
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help="weight dtype: float32 (default), bfloat16 (the usual choice on a GPU; training "
+        "keeps alpha, v and Adam's state in float32), float16, float64",
+    )
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    p.add_argument("--dtype", default="float32",
-                   help="weight dtype: float32 (default), bfloat16 (the usual choice on a GPU; "
-                   "training keeps alpha, v and Adam's state in float32), float16, float64")  # fmt: skip
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from prosv_lens.experiments.demo import DemoConfig, run_demo
 
-    given = {k: getattr(args, k) for k in _DEMO_FIELDS if getattr(args, k) is not None}
-    run = run_demo(DemoConfig(model=args.model, out_dir=args.out, **given))
+    run = run_demo(DemoConfig(**option_values(args, _DEMO_OPTIONS)))
     _out((run / "report.md").read_text())
     _out(f"run folder: {run}")
     return 0
-
-
-_DEMO_FIELDS = ("concept", "layer", "epochs", "n_train", "n_eval", "max_new_tokens", "n_utility", "n_kl_prompts",
-                "judge", "run", "seed", "dtype")  # fmt: skip
 
 
 def _cmd_judge_validate(args: argparse.Namespace) -> int:
@@ -154,10 +131,17 @@ def _cmd_analyse(args: argparse.Namespace) -> int:
     compare = {name: load_vector(path, model) for name, path in pairs}
     prompts = args.prompts or list(builtin_instructions("eval")[: args.n_prompts])
     index = run_attention_analysis(
-        model, vector, prompts, args.out, max_new_tokens=args.max_new_tokens,
-        what=args.what, compare=compare or None, top_layers=args.top_layers, log=_out,
+        model,
+        vector,
+        prompts,
+        args.out,
+        max_new_tokens=args.max_new_tokens,
+        what=args.what,
+        compare=compare or None,
+        top_layers=args.top_layers,
+        log=_out,
         overwrite=args.force,
-    )  # fmt: skip
+    )
     _out(f"results: {args.out} ({index['seconds']} s)")
     if args.figures:
         for path in regenerate_figures(args.out, args.figures):
@@ -248,16 +232,7 @@ def _cmd_axbench_eval(args: argparse.Namespace) -> int:
     from prosv_lens.evaluation.steering_eval import format_scores
     from prosv_lens.experiments.axbench_eval import AxBenchEvalConfig, run_axbench_eval
 
-    cfg = AxBenchEvalConfig(
-        axbench=args.axbench,
-        out=args.out,
-        n_concepts=args.n_concepts,
-        sizes=args.sizes,
-        model=args.model,
-        dtype=args.dtype,
-        layer=args.layer,
-        seed=args.seed,
-    )
+    cfg = AxBenchEvalConfig(**option_values(args, _AXBENCH_EVAL_OPTIONS))
     scores = run_axbench_eval(cfg, log=_progress)
     _out(format_scores(scores))
     _out(f"results: {cfg.out}")
@@ -321,10 +296,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             v = v.scaled(args.scale)
         vectors.append(v)
     cfg = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-        temperature=args.temperature if args.temperature > 0 else 1.0, top_p=args.top_p,
-        seed=args.seed, progress=True,
-    )  # fmt: skip
+        **option_values(args, _GENERATE_OPTIONS),
+        do_sample=args.temperature > 0,
+        temperature=args.temperature if args.temperature > 0 else 1.0,
+        progress=True,
+    )
     out = generate(model, args.prompts, vectors, cfg)
     for prompt, text in zip(args.prompts, out.texts, strict=True):
         _out(f"### {prompt}\n{text}\n")
@@ -336,14 +312,14 @@ def _cmd_check_cache(args: argparse.Namespace) -> int:
 
     from prosv_lens.generation import check_cache_equivalence
     from prosv_lens.interventions import SteeringVector
-    from prosv_lens.models import load_model
+    from prosv_lens.models import default_layer, load_model
     from prosv_lens.positions import PositionSpec
     from prosv_lens.prompts import encode_prompts
 
     for spec in args.spec:  # every input is checked before the first line of output
         PositionSpec.parse(spec)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    layer = args.layer if args.layer is not None else round(0.4 * model.n_layers)
+    layer = args.layer if args.layer is not None else default_layer(model.n_layers)
     model.hook_name(layer)
     batches = {
         side: encode_prompts(model, args.prompts, padding_side=side) for side in ("left", "right")
@@ -360,15 +336,17 @@ def _cmd_check_cache(args: argparse.Namespace) -> int:
             sv = SteeringVector(v / v.norm(), layer=layer, positions=spec, alpha=args.alpha)
             r = check_cache_equivalence(model, batch, sv, max_new_tokens=args.max_new_tokens)
             failed += not r.ok(args.atol)
-            _out(f"{side:5s} {spec:12s} max|diff| {r.max_abs_diff:.2e}  tokens equal {r.tokens_equal}  "
-                 f"{'ok' if r.ok(args.atol) else 'FAIL'}")  # fmt: skip
+            _out(
+                f"{side:5s} {spec:12s} max|diff| {r.max_abs_diff:.2e}  tokens equal {r.tokens_equal}  "
+                f"{'ok' if r.ok(args.atol) else 'FAIL'}"
+            )
     return 1 if failed else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from prosv_lens.baselines import with_neutral_responses
     from prosv_lens.concepts import load_axbench_concept, load_jsonl_concept
-    from prosv_lens.models import load_model
+    from prosv_lens.models import default_layer, load_model
     from prosv_lens.training import TrainConfig, train
     from prosv_lens.vector_io import plan_saves, save_all
 
@@ -384,10 +362,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data = [d.subset(range(min(len(d), args.max_examples))) for d in data]
     paths = plan_saves(args.out, [d.name for d in data], overwrite=args.force)  # before any work
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    layer = args.layer if args.layer is not None else round(0.4 * model.n_layers)
-    overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES and v is not None}
+    overrides = option_values(args, _TRAIN_OPTIONS, merge=True)
+    layer = overrides.pop("layer", None)
     preset = TrainConfig.prosv if args.preset == "prosv" else TrainConfig.fssv
-    cfg = preset(layer, **overrides)
+    cfg = preset(default_layer(model.n_layers) if layer is None else layer, **overrides)
     if cfg.objective == "simpo":
         data = [d if d.negatives is not None else with_neutral_responses(model, d) for d in data]
     result = train(
@@ -397,17 +375,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for name, vec in result.vectors.items():
         path = saved[name]
         log = result.logs[name]
-        _out(f"{name}: loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}, alpha {float(vec.alpha):.2f}, "
-             f"|v| {float(vec.v.norm()):.3f} -> {path}")  # fmt: skip
+        _out(
+            f"{name}: loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}, alpha {float(vec.alpha):.2f}, "
+            f"|v| {float(vec.v.norm()):.3f} -> {path}"
+        )
     _out(
         f"{result.steps} steps in {result.seconds:.1f} s ({result.tokens / result.seconds:.0f} tokens/s)"
     )
     return 0
-
-
-_TRAIN_OVERRIDES = ("positions", "objective", "beta", "c", "lr_v", "lr_alpha", "epochs", "batch_size",
-                    "variant", "optimizer", "seed", "max_response_tokens", "path", "param_dtype", "tf32",
-                    "logits_budget_mb", "pad_multiple", "compile")  # fmt: skip
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -452,15 +427,21 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from prosv_lens.experiments.report import format_summary
 
     setting = get_setting(args.setting)  # an unknown name fails here, before anything else
-    sizes = setting.sizes.replace(**{k: getattr(args, k) for k in _REPRODUCE_SIZES})
-    knobs = {k: getattr(args, k) for k in ("micro_rows", "logits_budget_mb", "cache_budget_mb")}
+    sizes = setting.sizes.replace(
+        **option_values(args, ("n_concepts", *_REPRODUCE_SIZES), merge=True)
+    )
     cfg = ReproduceConfig(
-        setting, out_dir=args.out, concept_ids=tuple(args.concept_ids) if args.concept_ids else None,
-        axbench=args.axbench, model=args.model, device=args.device, sizes=sizes,
-        resources=Resources(**{k: v for k, v in knobs.items() if v is not None}), judge=args.judge,
-    )  # fmt: skip
-    given = {"memory_gb": args.device_memory, "tflops": args.device_tflops,
-             "bandwidth_gbs": args.device_bandwidth}  # fmt: skip
+        setting,
+        concept_ids=tuple(args.concept_ids) if args.concept_ids else None,
+        sizes=sizes,
+        resources=Resources(**option_values(args, _RESOURCES, merge=True)),
+        **option_values(args, _REPRODUCE_OPTIONS),
+    )
+    given = {
+        "memory_gb": args.device_memory,
+        "tflops": args.device_tflops,
+        "bandwidth_gbs": args.device_bandwidth,
+    }
     device = None
     if args.dry_run or any(v is not None for v in given.values()):
         import torch
@@ -477,71 +458,89 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-_REPRODUCE_SIZES = ("n_concepts", "n_train", "epochs", "batch_size", "max_response_tokens", "n_eval",
-                    "max_new_tokens", "eval_batch_size", "n_utility", "utility_tokens", "n_kl_prompts",
-                    "utility_batch_size", "seed")  # fmt: skip
-
-
 _ANALYSES = ("flow", "patching", "knockout", "decay", "lens", "heads")  # = experiments ANALYSES
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``prosv`` argument parser: one sub-parser per command, each built by its ``_add_*``
+    function; options that set a config dataclass come from its fields (:func:`add_options`)."""
     parser = _Parser(
         prog="prosv",
         description="Train, run and understand prompt-only steering vectors (PrOSV) on "
-        "TransformerLens models. Offline by default: the embedded SmolLM2-135M-Instruct needs no hub.",
+        "TransformerLens models. Offline by default: the embedded SmolLM2-135M-Instruct needs "
+        "no hub.",
     )
     parser.add_argument("--version", action="version", version=f"prosv-lens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(sub)
+    _add_judge_validate(sub)
+    _add_analyse(sub)
+    _add_figures(sub)
+    _add_report(sub)
+    p = sub.add_parser("sweep", help="run or resume a hyper-parameter sweep (beta x lr_alpha "
+                       "heatmap or position specs) from a JSON config, then draw its figure")  # fmt: skip
+    p.add_argument("config", help="sweep config, e.g. configs/heatmap_small.json")
+    p.add_argument("--out", default=None,
+                   help="results folder (default: results/<config name>); rerun to resume")  # fmt: skip
+    p.add_argument("--figures", default="figures", help="folder for the figure (PNG + PDF)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    p.set_defaults(func=_cmd_sweep)
+    _add_axbench_eval(sub)
+    _add_build_concept(sub)
+    _add_positions(sub)
+    _add_generate(sub)
+    _add_check_cache(sub)
+    _add_train(sub)
+    _add_inspect(sub)
+    _add_models(sub)
+    _add_reproduce(sub)
+    return parser
 
-    p = sub.add_parser("demo", help="the whole pipeline on one concept: data, training, "
-                       "baselines, judged steering, utility, robustness, report")  # fmt: skip
-    _model_arg(p)
-    p.add_argument("--concept", default=None, help="a built-in concept (default: the ocean) or any "
-                   "concept (its data is built with the model first and cached)")  # fmt: skip
-    p.add_argument(
-        "--layer", type=non_negative_int, default=None, help="layer to steer (default: 40%% depth)"
+
+def _add_demo(sub: "_Sub") -> None:
+    from prosv_lens.experiments.demo import DemoConfig
+
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on one concept: data, training, baselines, judged steering, "
+        "utility, robustness, report",
     )
-    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default 12)")
-    p.add_argument(
-        "--n-train", type=positive_int, default=None, help="training examples (default: all)"
-    )
-    p.add_argument(
-        "--n-eval", type=positive_int, default=None, help="held-out instructions (default 40)"
-    )
-    p.add_argument(
-        "--max-new-tokens", type=positive_int, default=None, help="answer length (default 64)"
-    )
-    p.add_argument(
-        "--n-utility", type=positive_int, default=None, help="utility items (default: all)"
-    )
-    p.add_argument(
-        "--n-kl-prompts", type=positive_int, default=None, help="KL prompts (default 16)"
-    )
-    p.add_argument("--judge", choices=["offline", "llm"], default=None,
-                   help="offline (default) or llm: an OpenAI-compatible endpoint from "
-                   "OPENAI_API_KEY, PROSV_JUDGE_BASE_URL, PROSV_JUDGE_MODEL")  # fmt: skip
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--run", default=None, help="an existing run folder to resume")
-    p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
+    add_options(p, DemoConfig, _DEMO_OPTIONS[:1])
+    _device_arg(p)
+    add_options(p, DemoConfig, _DEMO_OPTIONS[1:], flags={"out_dir": ["--out"]})
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_judge_validate(sub: "_Sub") -> None:
     p = sub.add_parser(
         "judge-validate", help="AUROC of the offline judge on AxBench latent_eval data"
     )
-    p.add_argument("--axbench", nargs="+", required=True,
-                   help="AxBench configuration folders (metadata.jsonl + latent_eval_data.parquet)")  # fmt: skip
+    p.add_argument(
+        "--axbench",
+        nargs="+",
+        required=True,
+        help="AxBench configuration folders (metadata.jsonl + latent_eval_data.parquet)",
+    )
     p.add_argument("--json", default=None, help="also write the tables' numbers to this file")
     p.set_defaults(func=_cmd_judge_validate)
 
-    p = sub.add_parser("analyse", help="how a prompt-only vector reaches the answer: attention "
-                       "flow, key/value path patching, knock-out, decay, logit lens")  # fmt: skip
+
+def _add_analyse(sub: "_Sub") -> None:
+    p = sub.add_parser(
+        "analyse",
+        help="how a prompt-only vector reaches the answer: attention flow, key/value path "
+        "patching, knock-out, decay, logit lens",
+    )
     _model_arg(p)
     p.add_argument(
         "--vector", required=True, help="saved vector to analyse (.safetensors/.json stem)"
     )
-    p.add_argument("--compare", nargs="*", metavar="NAME=PATH",
-                   help="vectors for the decay curve (default: the same direction at every token)")  # fmt: skip
+    p.add_argument(
+        "--compare",
+        nargs="*",
+        metavar="NAME=PATH",
+        help="vectors for the decay curve (default: the same direction at every token)",
+    )
     p.add_argument("--prompts", nargs="*", help="instructions (default: the built-in eval split)")
     p.add_argument("--n-prompts", type=positive_int, default=3)
     p.add_argument("--max-new-tokens", type=positive_int, default=48)
@@ -554,68 +553,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an earlier analysis in --out")
     p.set_defaults(func=_cmd_analyse)
 
+
+def _add_figures(sub: "_Sub") -> None:
     p = sub.add_parser("figures", help="redraw every figure from saved results (no model)")
     p.add_argument("--results", default="results", help="folder searched for saved results")
     p.add_argument("--out", default="figures")
     p.set_defaults(func=_cmd_figures)
 
-    p = sub.add_parser("report", help="the reproduction report: each paper claim against the "
-                       "saved results, with CIs and a rule-based verdict (no model)")  # fmt: skip
+
+def _add_report(sub: "_Sub") -> None:
+    p = sub.add_parser(
+        "report",
+        help="the reproduction report: each paper claim against the saved results, with CIs "
+        "and a rule-based verdict (no model)",
+    )
     p.add_argument("--results", default="results", help="folder of saved results")
     p.add_argument("--out", default="reports/paper_claims.md")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("sweep", help="run or resume a hyper-parameter sweep (beta x lr_alpha "
-                       "heatmap or position specs) from a JSON config, then draw its figure")  # fmt: skip
-    p.add_argument("config", help="sweep config, e.g. configs/heatmap_small.json")
-    p.add_argument("--out", default=None,
-                   help="results folder (default: results/<config name>); rerun to resume")  # fmt: skip
-    p.add_argument("--figures", default="figures", help="folder for the figure (PNG + PDF)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    p.set_defaults(func=_cmd_sweep)
+
+def _add_axbench_eval(sub: "_Sub") -> None:
+    from prosv_lens.experiments.axbench_eval import AxBenchEvalConfig
 
     p = sub.add_parser(
         "axbench-eval",
-        help="PrOSV and FSSV on the first N concepts of an "
-        "AxBench folder, judged against the prompt baseline and factor-searched "
-        "DiffMean; resumable",
+        help="PrOSV and FSSV on the first N concepts of an AxBench folder, judged against the "
+        "prompt baseline and factor-searched DiffMean; resumable",
     )
-    p.add_argument(
-        "--axbench",
-        required=True,
-        help="an AxBench folder or hf:pyvene/axbench-concept10/2b/l10-style id",
-    )
-    p.add_argument(
-        "--concepts",
-        dest="n_concepts",
-        type=positive_int,
-        default=10,
-        help="the first N concepts of the folder (10)",
-    )
-    p.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
-    p.add_argument(
-        "--sizes",
-        choices=["full", "smoke"],
-        default="full",
-        help="full (72 examples, 6 epochs, 20 instructions) or smoke (toy sizes)",
-    )
-    p.add_argument("--model", default="smollm2-135m-instruct", help="the model to steer")
-    p.add_argument("--dtype", default="float32", help="weight dtype (float32)")
-    p.add_argument(
-        "--layer",
-        type=non_negative_int,
-        default=None,
-        help="steered block (default: 40%% of the depth)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="sampling seed of the judged answers")
+    add_options(p, AxBenchEvalConfig, _AXBENCH_EVAL_OPTIONS, flags={"n_concepts": ["--concepts"]})
     p.set_defaults(func=_cmd_axbench_eval)
 
+
+def _add_build_concept(sub: "_Sub") -> None:
     p = sub.add_parser("build-concept", help="build (and cache) training data for any concept")
     _model_arg(p)
     p.add_argument("concepts", nargs="+")
     p.add_argument("--show", type=non_negative_int, default=3, help="examples to print")
     p.set_defaults(func=_cmd_build_concept)
 
+
+def _add_positions(sub: "_Sub") -> None:
     p = sub.add_parser("positions", help="show which tokens a position spec selects")
     _model_arg(p)
     p.add_argument("prompts", nargs="+", help="user prompts (chat template applied)")
@@ -623,19 +600,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system message (template default if omitted)")
     p.set_defaults(func=_cmd_positions)
 
+
+def _add_generate(sub: "_Sub") -> None:
+    from prosv_lens.generation import GenerationConfig
+
     p = sub.add_parser("generate", help="generate, optionally steered by saved vectors")
     _model_arg(p)
     p.add_argument("prompts", nargs="+")
     p.add_argument("--vector", nargs="*", help="saved vectors (.safetensors/.json stem)")
     p.add_argument("--positions", default=None, help="override the vectors' position spec")
     p.add_argument("--scale", type=finite_float, default=1.0, help="multiply each vector's alpha")
-    p.add_argument("--max-new-tokens", type=positive_int, default=64)
-    p.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=finite_float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    add_options(p, GenerationConfig, _GENERATE_OPTIONS[:1])
+    p.add_argument(
+        "--temperature",
+        type=finite_float,
+        default=0.0,
+        help="sampling temperature; 0 = greedy (default)",
+    )
+    add_options(p, GenerationConfig, _GENERATE_OPTIONS[1:])
     p.add_argument("--allow-model-mismatch", action="store_true")
     p.set_defaults(func=_cmd_generate)
 
+
+def _add_check_cache(sub: "_Sub") -> None:
     p = sub.add_parser("check-cache", help="cached vs uncached steered decoding must agree")
     _model_arg(p)
     p.add_argument(
@@ -648,15 +635,32 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["all", "prompt", "f2+l2", "role:user", "role:system", "role:assistant"],
     )
-    p.add_argument("--layer", type=non_negative_int, default=None)
+    p.add_argument(
+        "--layer", type=non_negative_int, default=None, help="default: 40%% of the depth"
+    )
     p.add_argument(
         "--alpha", type=finite_float, default=100.0, help="factor of a random unit vector"
     )
     p.add_argument("--max-new-tokens", type=positive_int, default=6)
-    p.add_argument("--atol", type=non_negative_float, default=3e-4,
-                   help="tolerance (default 3e-4: fp32 decoding noise on SmolLM2 reaches ~1e-4 with no vector)")  # fmt: skip
+    p.add_argument(
+        "--atol",
+        type=non_negative_float,
+        default=3e-4,
+        help="tolerance (default 3e-4: fp32 decoding noise on SmolLM2 reaches ~1e-4 with no "
+        "vector)",
+    )
     p.set_defaults(func=_cmd_check_cache)
 
+
+def _add_train(sub: "_Sub") -> None:
+    from prosv_lens.training import TrainConfig
+
+    presets = {"prosv": TrainConfig.prosv(0), "fssv": TrainConfig.fssv(0)}
+    differ = [
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(presets["prosv"], f.name) != getattr(presets["fssv"], f.name)
+    ]
     p = sub.add_parser(
         "train", help="train steering vectors jointly (alpha and v), many concepts at once"
     )
@@ -666,34 +670,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--concept-id", type=non_negative_int, nargs="*", help="AxBench concept ids (default 0)"
     )
     p.add_argument("--jsonl", help="a JSONL file of {prompt, response[, negative]} rows")
-    p.add_argument("--preset", choices=["prosv", "fssv"], default="prosv",
-                   help="paper settings: prosv (f2+l2; beta 4, lr_alpha 10, c 8) or fssv (all; beta 2, lr_alpha 1, c 1)")  # fmt: skip
-    p.add_argument("--layer", type=non_negative_int, default=None, help="default: 40%% depth")
-    p.add_argument("--positions", default=None, help="override the preset's position spec")
-    p.add_argument("--objective", choices=["lang", "simpo"], default=None)
-    p.add_argument("--variant", choices=["joint", "unit", "fixed_alpha"], default=None)
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default=None)
-    for flag in ("--beta", "--c", "--lr-v", "--lr-alpha"):
-        p.add_argument(flag, type=finite_float, default=None)
-    for flag in ("--epochs", "--batch-size", "--max-response-tokens"):
-        p.add_argument(flag, type=positive_int, default=None)
-    p.add_argument("--seed", type=int, default=None)
     p.add_argument(
-        "--path",
-        choices=["fast", "full"],
-        default=None,
-        help="fast (default) or the reference full path",
+        "--preset",
+        choices=list(presets),
+        default="prosv",
+        help="paper settings: "
+        + " or ".join(
+            f"{name} ({cfg.positions}; "
+            + ", ".join(f"{k} {_show(getattr(cfg, k))}" for k in differ if k != "positions")
+            + ")"
+            for name, cfg in presets.items()
+        ),
     )
-    p.add_argument("--param-dtype", choices=["float32", "model"], default=None,
-                   help="float32 (default): fp32 master copies of alpha, v and Adam's state; model: "
-                   "the authors' numerics, alpha and v in the model's dtype")  # fmt: skip
-    p.add_argument("--tf32", action="store_true", default=None, help="allow TF32 matmuls on CUDA")
-    p.add_argument("--logits-budget-mb", type=int, default=None,
-                   help="memory for one chunk of response logits (default 1024)")  # fmt: skip
-    p.add_argument("--pad-multiple", type=int, default=None,
-                   help="pad micro-batch widths to a multiple (default: 64 on a GPU, 1 on a CPU)")  # fmt: skip
-    p.add_argument("--compile", default=None,
-                   help="torch.compile backend for the blocks above L (e.g. inductor on a GPU)")  # fmt: skip
+    add_options(
+        p,
+        TrainConfig,
+        _TRAIN_OPTIONS,
+        merge=True,
+        default_help={
+            "layer": "40% of the depth",
+            **{
+                k: " or ".join(f"{n} {_show(getattr(c, k))}" for n, c in presets.items())
+                for k in differ
+            },
+        },
+    )
     p.add_argument(
         "--max-examples",
         type=positive_int,
@@ -708,72 +709,168 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace vectors of the same name in --out")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_inspect(sub: "_Sub") -> None:
     p = sub.add_parser("inspect", help="verify a saved vector and print its provenance")
     p.add_argument("path")
     p.set_defaults(func=_cmd_inspect)
 
+
+def _add_models(sub: "_Sub") -> None:
     p = sub.add_parser("models", help="list embedded models; --convert prepares their cache")
     p.add_argument("--convert", nargs="*", metavar="NAME")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("reproduce", help="one row of the paper's main table end to end: PrOSV "
-                       "and FSSV trained jointly, DiffMean and prompt baselines, judged steering "
-                       "and utility, resumable; --dry-run plans memory and time")  # fmt: skip
-    p.add_argument("setting", help="gemma-2-2b-l10, gemma-2-2b-l20, gemma-2-9b-l20, "
-                   "gemma-2-9b-l31 or smollm2-l12 (see docs/reproduce.md)")  # fmt: skip
+
+def _add_reproduce(sub: "_Sub") -> None:
+    from prosv_lens.experiments import SETTINGS, ReproduceConfig, Resources, RunSizes
+
+    p = sub.add_parser(
+        "reproduce",
+        help="one row of the paper's main table end to end: PrOSV and FSSV trained jointly, "
+        "DiffMean and prompt baselines, judged steering and utility, resumable; --dry-run plans "
+        "memory and time",
+    )
+    *first, last = SETTINGS
+    p.add_argument("setting", help=f"{', '.join(first)} or {last} (see docs/reproduce.md)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--concepts", dest="n_concepts", type=positive_int, default=None,
-                       help="the first N concepts of the data (default: the setting's 10)")  # fmt: skip
+    add_options(which, RunSizes, ("n_concepts",), merge=True, flags={"n_concepts": ["--concepts"]})
     which.add_argument(
-        "--concept-ids", type=non_negative_int, nargs="+", default=None, help="AxBench concept ids"
+        "--concept-ids",
+        type=non_negative_int,
+        nargs="+",
+        default=None,
+        help=field_help(ReproduceConfig, "concept_ids"),
     )
-    p.add_argument("--axbench", default=None, help="data source instead of the setting's: an "
-                   "AxBench folder or hf:pyvene/axbench-concept10/2b/l10-style id")  # fmt: skip
-    p.add_argument("--model", default=None, help="model instead of the setting's (e.g. a local "
-                   "checkpoint folder of the same model)")  # fmt: skip
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    p.add_argument("--out", default=None, help="run folder (default: results/reproduce/SETTING); "
-                   "rerun the same command to resume")  # fmt: skip
-    p.add_argument("--judge", choices=["offline", "llm"], default="offline",
-                   help="offline (default: MiniLM + SmolLM2 fluency) or llm (OPENAI_API_KEY, "
-                   "PROSV_JUDGE_BASE_URL, PROSV_JUDGE_MODEL)")  # fmt: skip
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the memory and time plan of each stage (no model load, no download) "
-                   "and refuse a run that cannot fit")  # fmt: skip
+    add_options(p, ReproduceConfig, _REPRODUCE_OPTIONS, flags={"out_dir": ["--out"]})
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the memory and time plan of each stage (no model load, no download) and "
+        "refuse a run that cannot fit",
+    )
     sizes = p.add_argument_group("sizes (default: the paper's; smaller for toy runs)")
-    sizes.add_argument("--n-train", "--max-examples", dest="n_train", type=positive_int, default=None,
-                       help="training examples per concept (72)")  # fmt: skip
-    for flag, what in (("--epochs", "training epochs (12; the setting's per-vector value)"),
-                       ("--batch-size", "examples per step per concept (12)"),
-                       ("--max-response-tokens", "training response length (128)"),
-                       ("--n-eval", "held-out instructions per concept, half select, half score (10)"),
-                       ("--max-new-tokens", "judged answer length (128)"),
-                       ("--eval-batch-size", "answers per generation batch (16)"),
-                       ("--n-utility", "built-in utility items (all 84)"),
-                       ("--utility-tokens", "utility answer / KL continuation length (32)"),
-                       ("--n-kl-prompts", "KL damage prompts (16)"),
-                       ("--utility-batch-size", "utility items / KL prompts per batch (16)"),
-                       ("--seed", "sampling seed of the judged answers (0)")):  # fmt: skip
-        sizes.add_argument(
-            flag, type=int if flag == "--seed" else positive_int, default=None, help=what
-        )
-    mem = p.add_argument_group("memory knobs and planning")
-    mem.add_argument("--micro-rows", type=positive_int, default=None,
-                     help="training rows per forward pass (default: 8 on CPU, all on GPU)")  # fmt: skip
-    mem.add_argument(
-        "--logits-budget-mb", type=positive_int, default=None, help="response-logits chunk (1024)"
+    add_options(
+        sizes,
+        RunSizes,
+        _REPRODUCE_SIZES,
+        merge=True,
+        flags={"n_train": ["--n-train", "--max-examples"]},
     )
-    mem.add_argument("--cache-budget-mb", type=non_negative_int, default=None,
-                     help="residual cache kept in memory, the rest on disk (2048)")  # fmt: skip
-    mem.add_argument("--device-memory", type=positive_float, default=None, metavar="GB",
-                     help="plan for a device with this much memory instead of the one here")  # fmt: skip
+    mem = p.add_argument_group("memory knobs and planning")
+    add_options(mem, Resources, _RESOURCES, merge=True)
+    mem.add_argument(
+        "--device-memory",
+        type=positive_float,
+        default=None,
+        metavar="GB",
+        help="plan for a device with this much memory instead of the one here",
+    )
     mem.add_argument(
         "--device-tflops", type=positive_float, default=None, help="plan with this matmul rate"
     )
-    mem.add_argument("--device-bandwidth", type=positive_float, default=None, metavar="GB/S",
-                     help="plan with this memory bandwidth")  # fmt: skip
+    mem.add_argument(
+        "--device-bandwidth",
+        type=positive_float,
+        default=None,
+        metavar="GB/S",
+        help="plan with this memory bandwidth",
+    )
     p.set_defaults(func=_cmd_reproduce)
-    return parser
+
+
+_DEMO_OPTIONS = (
+    "model",
+    "dtype",
+    "concept",
+    "layer",
+    "epochs",
+    "n_train",
+    "n_eval",
+    "max_new_tokens",
+    "n_utility",
+    "n_kl_prompts",
+    "judge",
+    "seed",
+    "run",
+    "out_dir",
+)
+_AXBENCH_EVAL_OPTIONS = ("axbench", "n_concepts", "out", "sizes", "model", "dtype", "layer", "seed")
+_GENERATE_OPTIONS = ("max_new_tokens", "top_p", "seed")
+_TRAIN_OPTIONS = (
+    "layer",
+    "positions",
+    "objective",
+    "variant",
+    "optimizer",
+    "beta",
+    "c",
+    "lr_v",
+    "lr_alpha",
+    "epochs",
+    "batch_size",
+    "max_response_tokens",
+    "seed",
+    "path",
+    "param_dtype",
+    "tf32",
+    "logits_budget_mb",
+    "pad_multiple",
+    "compile",
+)
+_REPRODUCE_OPTIONS = ("axbench", "model", "device", "out_dir", "judge")
+_REPRODUCE_SIZES = (
+    "n_train",
+    "epochs",
+    "batch_size",
+    "max_response_tokens",
+    "n_eval",
+    "max_new_tokens",
+    "eval_batch_size",
+    "n_utility",
+    "utility_tokens",
+    "n_kl_prompts",
+    "utility_batch_size",
+    "seed",
+)
+_RESOURCES = ("micro_rows", "logits_budget_mb", "cache_budget_mb")
+
+
+class MirroredOptions(NamedTuple):
+    """Options of one command made from fields of a config dataclass (see :func:`add_options`).
+
+    Attributes:
+        command: the subcommand.
+        config: the dataclass.
+        names: the fields that are options.
+        merge: ``True``: unset options are ``None`` and only given ones override the config's
+            values; ``False``: each option's default is the field's default.
+    """
+
+    command: str
+    config: type
+    names: tuple[str, ...]
+    merge: bool
+
+
+def mirrored_options() -> list[MirroredOptions]:
+    """Every set of options built from a config dataclass, for the tests that check each
+    option's default and help against its field."""
+    from prosv_lens.experiments import ReproduceConfig, Resources, RunSizes
+    from prosv_lens.experiments.axbench_eval import AxBenchEvalConfig
+    from prosv_lens.experiments.demo import DemoConfig
+    from prosv_lens.generation import GenerationConfig
+    from prosv_lens.training import TrainConfig
+
+    return [
+        MirroredOptions("demo", DemoConfig, _DEMO_OPTIONS, False),
+        MirroredOptions("axbench-eval", AxBenchEvalConfig, _AXBENCH_EVAL_OPTIONS, False),
+        MirroredOptions("generate", GenerationConfig, _GENERATE_OPTIONS, False),
+        MirroredOptions("train", TrainConfig, _TRAIN_OPTIONS, True),
+        MirroredOptions("reproduce", ReproduceConfig, _REPRODUCE_OPTIONS, False),
+        MirroredOptions("reproduce", RunSizes, ("n_concepts", *_REPRODUCE_SIZES), True),
+        MirroredOptions("reproduce", Resources, _RESOURCES, True),
+    ]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -797,14 +894,14 @@ def _interrupted(args: argparse.Namespace) -> str:
         return f"interrupted: rerun the same command to resume in the run folder {args.run}"
     if args.command == "demo":
         return (
-            f"interrupted: rerun with --run {Path(args.out) / 'demo-YYYYMMDD-HHMMSS'} (the newest "
+            f"interrupted: rerun with --run {Path(args.out_dir) / 'demo-YYYYMMDD-HHMMSS'} (the newest "
             "demo-* run folder there) to resume in it"
         )
     if args.command == "sweep":
         out = args.out or Path("results") / Path(args.config).stem
         return f"interrupted: rerun the same command to resume in the run folder {out}"
     if args.command == "reproduce":
-        out = args.out or Path("results") / "reproduce" / args.setting
+        out = args.out_dir or Path("results") / "reproduce" / args.setting
         return f"interrupted: rerun the same command to resume in the run folder {out}"
     return "interrupted"
 

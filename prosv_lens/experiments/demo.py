@@ -25,7 +25,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,7 +63,7 @@ from prosv_lens.evaluation.utility import (
 )
 from prosv_lens.experiments.demo_report import render_report, write_figures
 from prosv_lens.interventions import SteeringVector
-from prosv_lens.models import DEFAULT_MODEL, LoadedModel, load_model, parse_dtype
+from prosv_lens.models import DEFAULT_MODEL, LoadedModel, default_layer, load_model, parse_dtype
 from prosv_lens.safe_io import RunLock, check_fingerprint, check_writable, write_text
 from prosv_lens.training import TrainConfig, train
 from prosv_lens.training.checkpoint import data_hash, model_fingerprint
@@ -94,20 +94,49 @@ class DemoConfig:
         seed: sampling seed.
     """
 
-    model: str = DEFAULT_MODEL
-    dtype: str = "float32"
-    concept: str = "the ocean"
-    layer: int | None = None
-    epochs: int = 12
-    n_train: int | None = None
-    n_eval: int = 40
-    max_new_tokens: int = 64
-    n_utility: int | None = None
-    n_kl_prompts: int = 16
-    judge: str = "offline"
-    out_dir: str = "runs"
-    run: str | None = None
-    seed: int = 0
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "smollm2-135m-instruct, gemma-3-270m, tiny, a folder or a hub id"},
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "weight dtype: float32, bfloat16 (the usual choice on a GPU; training keeps "
+            "alpha, v and Adam's state in float32), float16, float64"
+        },
+    )
+    concept: str = field(
+        default="the ocean",
+        metadata={
+            "help": "a built-in concept or any concept (its data is built with the model first "
+            "and cached)"
+        },
+    )
+    layer: int | None = field(
+        default=None,
+        metadata={"help": "layer to steer", "min": 0, "default_help": "40% of the depth"},
+    )
+    epochs: int = field(default=12, metadata={"help": "training epochs", "min": 1})
+    n_train: int | None = field(
+        default=None, metadata={"help": "training examples", "min": 1, "default_help": "all"}
+    )
+    n_eval: int = field(default=40, metadata={"help": "held-out instructions", "min": 1})
+    max_new_tokens: int = field(default=64, metadata={"help": "answer length", "min": 1})
+    n_utility: int | None = field(
+        default=None, metadata={"help": "utility items", "min": 1, "default_help": "all"}
+    )
+    n_kl_prompts: int = field(default=16, metadata={"help": "KL prompts", "min": 1})
+    judge: str = field(
+        default="offline",
+        metadata={
+            "choices": ("offline", "llm"),
+            "help": "offline or llm: an OpenAI-compatible endpoint from OPENAI_API_KEY, "
+            "PROSV_JUDGE_BASE_URL, PROSV_JUDGE_MODEL",
+        },
+    )
+    out_dir: str = field(default="runs", metadata={"help": "parent folder of the run folder"})
+    run: str | None = field(default=None, metadata={"help": "an existing run folder to resume"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
 
     def __post_init__(self) -> None:
         """Raises ConfigError (DtypeError for ``dtype``) naming the field, value and fix."""
@@ -208,7 +237,7 @@ def _run_demo(cfg: DemoConfig, run: Path) -> Path:
     model = st.run("model", lambda: load_model(cfg.model, dtype=cfg.dtype))
     judge = make_judge(cfg.judge, model)
     judge.check()  # before any work: a missing key or embedding model fails here
-    layer = cfg.layer if cfg.layer is not None else round(0.4 * model.n_layers)
+    layer = cfg.layer if cfg.layer is not None else default_layer(model.n_layers)
     data = st.run("data", lambda: concept_data(model, cfg.concept))
     if cfg.n_train is not None:
         data = data.subset(range(min(len(data), cfg.n_train)))

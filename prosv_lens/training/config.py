@@ -59,7 +59,9 @@ class TrainConfig:
             (default): eager. One compile serves every block of the same shape.
     """
 
-    layer: int = field(metadata={"help": "block whose output (hook_resid_post) is steered"})
+    layer: int = field(
+        metadata={"help": "block whose output (hook_resid_post) is steered", "min": 0}
+    )
     positions: str = field(
         default="f2+l2", metadata={"help": "position spec (f2+l2 PrOSV, all FSSV, ...)"}
     )
