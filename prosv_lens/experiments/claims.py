@@ -26,6 +26,7 @@ from typing import Any
 from prosv_lens.analysis import PathPatchingResult
 from prosv_lens.errors import ClaimsError, ProsvError, ResultFileError  # noqa: F401 - re-exported
 from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
+from prosv_lens.experiments.demo_results import DemoResults
 from prosv_lens.safe_io import json_type, parse_json_text, parse_jsonl_text, read_text_file
 
 VERDICTS = {
@@ -116,18 +117,32 @@ def verdict(diff: Estimate, sign: int = 1) -> str:
     return "same sign, not significant" if mean > 0 else "not reproduced"
 
 
-def unpaired_verdict(a: dict, b: dict, sign: int = 1) -> str:
+SavedEstimate = Estimate | Mapping[str, Any]
+"""A saved estimate: an :class:`Estimate`, or its JSON object (``mean``/``low``/``high``)."""
+
+
+def _bounds(e: SavedEstimate) -> tuple[float, float, float]:
+    """``(mean, low, high)`` of an estimate or of its JSON object."""
+    if isinstance(e, Estimate):
+        return e.mean, e.low, e.high
+    return e["mean"], e["low"], e["high"]
+
+
+def unpaired_verdict(a: SavedEstimate, b: SavedEstimate, sign: int = 1) -> str:
     """Verdict for "``a`` exceeds ``b``" (``sign=-1``: "is below") from two saved estimates
-    (``mean``/``low``/``high`` dicts): significant only when the CIs do not overlap."""
-    if sign * (a["mean"] - b["mean"]) <= 0:
-        apart = a["high"] < b["low"] if sign > 0 else a["low"] > b["high"]
+    (:class:`Estimate` or ``mean``/``low``/``high`` dicts): significant only when the CIs do
+    not overlap."""
+    (a_mean, a_low, a_high), (b_mean, b_low, b_high) = _bounds(a), _bounds(b)
+    if sign * (a_mean - b_mean) <= 0:
+        apart = a_high < b_low if sign > 0 else a_low > b_high
         return "contradicted" if apart else "not reproduced"
-    apart = a["low"] > b["high"] if sign > 0 else a["high"] < b["low"]
+    apart = a_low > b_high if sign > 0 else a_high < b_low
     return "reproduces" if apart else "same sign, not significant"
 
 
-def _est(d: dict, digits: int = 3) -> str:
-    return f"{d['mean']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
+def _est(e: SavedEstimate, digits: int = 3) -> str:
+    mean, low, high = _bounds(e)
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 _REWRITE = "rerun the command that writes it (or move the file away)"
@@ -149,6 +164,16 @@ def _read_json(path: Path, kind: type = dict) -> Any:
             f"result has: {_REWRITE}"
         )
     return data
+
+
+def _read_demo(path: Path) -> DemoResults | None:
+    """The demo results in ``path`` (``None`` if it does not exist).
+
+    Raises:
+        ResultFileError: the file is unreadable, not JSON, or not a demo result (the field
+            named).
+    """
+    return DemoResults.load(path) if path.exists() else None
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -200,58 +225,79 @@ def _missing(title: str, paper: str, where: _Source) -> Claim:
 # -- claims from the demo run ------------------------------------------------------------------
 
 
-def demo_claims(results: dict | None, rows: Sequence[dict], where: _Source) -> list[Claim]:
+def demo_claims(results: DemoResults | None, rows: Sequence[dict], where: _Source) -> list[Claim]:
     """Steering (PrOSV vs FSSV), no factor search, utility and the robustness trade-off."""
     titles = {
-        "steer": ("PrOSV steers better than FSSV",
-                  "Jointly trained PrOSV beats jointly trained FSSV on the AxBench overall score "
-                  "(e.g. 0.731 vs 0.490 on Gemma-2-2B L10, Concept10 position search)."),
-        "factor": ("No post-hoc factor search is needed",
-                   "The jointly learned factor is used as is and the vector beats baselines whose "
-                   "factor is searched per vector (DiffMean, classic SV) on AxBench."),
-        "utility": ("PrOSV keeps general utility; FSSV does not",
-                    "Under steering, tinyMMLU/tinyGSM8K accuracy stays near the unsteered model "
-                    "with PrOSV and collapses with FSSV (e.g. tinyGSM8K 50.5 vs 10.7 on Gemma-2-2B)."),
-        "tradeoff": ("PrOSV has the better utility-robustness trade-off",
-                     "FSSV buys utility back only by shrinking its factor (80%, 50%), which costs "
-                     "robustness to concept-suppressing prompts; PrOSV keeps both."),
-    }  # fmt: skip
+        "steer": (
+            "PrOSV steers better than FSSV",
+            "Jointly trained PrOSV beats jointly trained FSSV on the AxBench overall score "
+            "(e.g. 0.731 vs 0.490 on Gemma-2-2B L10, Concept10 position search).",
+        ),
+        "factor": (
+            "No post-hoc factor search is needed",
+            "The jointly learned factor is used as is and the vector beats baselines whose "
+            "factor is searched per vector (DiffMean, classic SV) on AxBench.",
+        ),
+        "utility": (
+            "PrOSV keeps general utility; FSSV does not",
+            "Under steering, tinyMMLU/tinyGSM8K accuracy stays near the unsteered model "
+            "with PrOSV and collapses with FSSV (e.g. tinyGSM8K 50.5 vs 10.7 on Gemma-2-2B).",
+        ),
+        "tradeoff": (
+            "PrOSV has the better utility-robustness trade-off",
+            "FSSV buys utility back only by shrinking its factor (80%, 50%), which costs "
+            "robustness to concept-suppressing prompts; PrOSV keeps both.",
+        ),
+    }
     if results is None or not rows:
         return [_missing(t, p, where) for t, p in titles.values()]
-    src = f"{where.shown}/results.json, rows.jsonl ({results['model']} L{results['layer']}, concept {results['concept']!r}, judge {results['judge'].split(';')[0]})"  # fmt: skip
-    steer = {s["method"]: s for s in results["steering"]}
-    n_test = steer["prosv"]["n_answers"]
+    judge = results.judge.split(";")[0]
+    src = (
+        f"{where.shown}/results.json, rows.jsonl ({results.model} L{results.layer}, "
+        f"concept {results.concept!r}, judge {judge})"
+    )
+    steer = results.by_method("steering")
+    prosv, fssv = steer["prosv"], steer["fssv"]
+    n_test = prosv.n_answers
 
     d = paired_difference(rows, "prosv", "fssv")
-    claims = [Claim(*titles["steer"], verdict(d), (
-        f"overall score, {n_test} held-out answers each: PrOSV {_est(steer['prosv']['overall'])}, "
-        f"FSSV {_est(steer['fssv']['overall'])}, unsteered {_est(steer['unsteered']['overall'])}",
+    evidence: tuple[str, ...] = (
+        f"overall score, {n_test} held-out answers each: PrOSV {_est(prosv.overall)}, "
+        f"FSSV {_est(fssv.overall)}, unsteered {_est(steer['unsteered'].overall)}",
         f"paired difference PrOSV - FSSV: {d}",
-        *(f"{k} rating (0-2): PrOSV {_est(steer['prosv'][k])}, FSSV {_est(steer['fssv'][k])}"
-          for k in ("concept", "instruct", "fluency")),
-    ), src)]  # fmt: skip
+        f"concept rating (0-2): PrOSV {_est(prosv.concept)}, FSSV {_est(fssv.concept)}",
+        f"instruct rating (0-2): PrOSV {_est(prosv.instruct)}, FSSV {_est(fssv.instruct)}",
+        f"fluency rating (0-2): PrOSV {_est(prosv.fluency)}, FSSV {_est(fssv.fluency)}",
+    )
+    claims = [Claim(*titles["steer"], verdict(d), evidence, src)]
 
     d_dm = paired_difference(rows, "prosv", "diffmean")
     d_pr = paired_difference(rows, "prosv", "prompt")
-    alpha0 = results["training"]["prosv"]["log"][0]["alpha"]
-    claims.append(Claim(*titles["factor"], verdict(d_dm), (
-        f"PrOSV at its learned factor (alpha {alpha0:.1f} after step 1, {results['alphas']['prosv']:.1f} at the end; "
-        f"no search): {_est(steer['prosv']['overall'])}; DiffMean with its factor searched on the "
-        f"selection half (chose {results['diffmean_factor']:g} x residual norm): {_est(steer['diffmean']['overall'])}",
+    alpha0 = results.training["prosv"].log[0].alpha
+    alpha_end = results.alphas["prosv"]
+    assert alpha_end is not None, "a trained vector's factor is a number (None: the prompt)"
+    evidence = (
+        f"PrOSV at its learned factor (alpha {alpha0:.1f} after step 1, {alpha_end:.1f} at the "
+        f"end; no search): {_est(prosv.overall)}; DiffMean with its factor searched on the "
+        f"selection half (chose {results.diffmean_factor:g} x residual norm): "
+        f"{_est(steer['diffmean'].overall)}",
         f"paired difference PrOSV - DiffMean: {d_dm}; PrOSV - prompt baseline: {d_pr}",
-    ), src))  # fmt: skip
+    )
+    claims.append(Claim(*titles["factor"], verdict(d_dm), evidence, src))
 
-    util = {m: u["accuracy"] for m, u in results["utility"].items()}
-    kl = {m: u["kl"] for m, u in results["utility"].items() if u["kl"]}
-    v_acc, v_kl = unpaired_verdict(util["prosv"], util["fssv"]), unpaired_verdict(kl["prosv"], kl["fssv"], -1)  # fmt: skip
-    n_items = util["prosv"]["n"]
-    claims.append(Claim(*titles["utility"], _weaker(v_acc, v_kl), (
+    util = {m: u.accuracy for m, u in results.utility.items()}
+    kl = {m: u.kl for m, u in results.utility.items() if u.kl is not None}
+    v_acc = unpaired_verdict(util["prosv"], util["fssv"])
+    v_kl = unpaired_verdict(kl["prosv"], kl["fssv"], -1)
+    n_items = util["prosv"].n
+    evidence = (
         f"accuracy on {n_items} utility items: unsteered {_est(util['unsteered'])}, PrOSV "
         f"{_est(util['prosv'])}, FSSV {_est(util['fssv'])} (PrOSV > FSSV: {v_acc})",
         f"next-token KL from the unsteered model on neutral prompts: PrOSV {_est(kl['prosv'])}, "
         f"FSSV {_est(kl['fssv'])} (PrOSV < FSSV: {v_kl})",
         "verdict: the weaker of the two",
-    ), src))  # fmt: skip
+    )
+    claims.append(Claim(*titles["utility"], _weaker(v_acc, v_kl), evidence, src))
 
     claims.append(_tradeoff_claim(titles["tradeoff"], results, rows, util, src))
     return claims
@@ -265,17 +311,24 @@ def _weaker(*verdicts: str) -> str:
 
 
 def _tradeoff_claim(
-    title: tuple[str, str], results: dict, rows: Sequence[dict], util: dict, src: str
+    title: tuple[str, str],
+    results: DemoResults,
+    rows: Sequence[dict],
+    util: Mapping[str, Estimate],
+    src: str,
 ) -> Claim:
     """Per FSSV scale: PrOSV must be no worse on either axis and better on one (see VERDICTS)."""
-    robust = {s["method"]: s["overall"] for s in results["robustness"]}
+    robust = {m: s.overall for m, s in results.by_method("robustness").items()}
     scales = [m for m in robust if m.startswith("fssv")]
-    lines, per_scale = [f"PrOSV: utility {_est(util['prosv'])}, robustness {_est(robust['prosv'])}"], []  # fmt: skip
+    lines = [f"PrOSV: utility {_est(util['prosv'])}, robustness {_est(robust['prosv'])}"]
+    per_scale = []
     for m in scales:
         d = paired_difference(rows, "prosv", m, suite="robustness")
         v_rob, v_util = verdict(d), unpaired_verdict(util["prosv"], util[m])
-        lines.append(f"{m}: utility {_est(util[m])}, robustness {_est(robust[m])}; PrOSV - {m} "
-                     f"robustness (paired) {d} -> {v_rob}; utility -> {v_util}")  # fmt: skip
+        lines.append(
+            f"{m}: utility {_est(util[m])}, robustness {_est(robust[m])}; PrOSV - {m} "
+            f"robustness (paired) {d} -> {v_rob}; utility -> {v_util}"
+        )
         per_scale.append((v_rob, v_util))
     worse = [any(v == "contradicted" for v in pair) for pair in per_scale]
     better = [any(v in _ORDER[:2] for v in pair) for pair in per_scale]
@@ -287,33 +340,44 @@ def _tradeoff_claim(
         result = "reproduces"
     else:
         result = "same sign, not significant"
-    lines.append("verdict rule: at every FSSV scale PrOSV must be better on at least one axis and "
-                 "not significantly worse on the other; reproduces when, at every scale, one axis "
-                 "is significantly better")  # fmt: skip
+    lines.append(
+        "verdict rule: at every FSSV scale PrOSV must be better on at least one axis and "
+        "not significantly worse on the other; reproduces when, at every scale, one axis "
+        "is significantly better"
+    )
     return Claim(*title, result, tuple(lines), src)
 
 
 def axbench_claims(scores: list | None, rows: Sequence[dict], where: _Source) -> list[Claim]:
-    """PrOSV vs FSSV and vs factor-searched DiffMean on AxBench concepts (``prosv axbench-eval``)."""
+    """PrOSV vs FSSV and vs factor-searched DiffMean on AxBench concepts
+    (``prosv axbench-eval``)."""
     titles = [
-        ("PrOSV steers better than FSSV (AxBench Concept10)",
-         "Jointly trained PrOSV beats jointly trained FSSV on the AxBench overall score."),
-        ("No post-hoc factor search is needed (AxBench Concept10)",
-         "The jointly trained vector at its learned factor beats factor-searched baselines."),
-    ]  # fmt: skip
+        (
+            "PrOSV steers better than FSSV (AxBench Concept10)",
+            "Jointly trained PrOSV beats jointly trained FSSV on the AxBench overall score.",
+        ),
+        (
+            "No post-hoc factor search is needed (AxBench Concept10)",
+            "The jointly trained vector at its learned factor beats factor-searched baselines.",
+        ),
+    ]
     if scores is None or not rows:
         return [_missing(t, p, where) for t, p in titles]
     by = {s["method"]: s for s in scores}
     n_concepts = len(by["prosv"]["factors"])
-    src = f"{where.shown}/scores.json, rows.jsonl ({n_concepts} concepts of prod_2b_l10_v1, notebook 04)"  # fmt: skip
+    src = (
+        f"{where.shown}/scores.json, rows.jsonl ({n_concepts} concepts of prod_2b_l10_v1, "
+        "notebook 04)"
+    )
     overall = "; ".join(f"{m} {_est(s['overall'])}" for m, s in by.items())
     claims = []
     for (title, paper), other in zip(titles, ("fssv", "diffmean"), strict=True):
         d = paired_difference(rows, "prosv", other)
-        claims.append(Claim(title, paper, verdict(d), (
+        evidence = (
             f"overall score (CI over the {n_concepts} concepts' means): {overall}",
             f"paired difference PrOSV - {other} over {d.n} (concept, instruction) answers: {d}",
-        ), src))  # fmt: skip
+        )
+        claims.append(Claim(title, paper, verdict(d), evidence, src))
     return claims
 
 
@@ -325,22 +389,36 @@ def heatmap_claims(
 ) -> list[Claim]:
     """Adam vs SGD, and large factor init and LR (held-out loss and steering score per cell),
     from the sweep saved in ``where`` (``label``: what it trains on, shown when missing)."""
-    adam_t = ("Adam, not SGD, trains the factor",
-              "With SGD the loss barely moves unless the factor init is very large (β=32); Adam "
-              "with a large factor init reaches far lower loss (§4.4 table, Gemma-2-2B).")  # fmt: skip
-    init_t = ("A large factor init and factor LR are essential",
-              "Scaling theory: alpha0 = β·sqrt(d) with β ~ 2-8 and lr_alpha ~ 1-20; small inits or "
-              "LRs leave the loss near the unsteered one within the training budget.")  # fmt: skip
+    adam_t = (
+        "Adam, not SGD, trains the factor",
+        "With SGD the loss barely moves unless the factor init is very large (β=32); Adam "
+        "with a large factor init reaches far lower loss (§4.4 table, Gemma-2-2B).",
+    )
+    init_t = (
+        "A large factor init and factor LR are essential",
+        "Scaling theory: alpha0 = β·sqrt(d) with β ~ 2-8 and lr_alpha ~ 1-20; small inits or "
+        "LRs leave the loss near the unsteered one within the training budget.",
+    )
     if sweep is None:
         label = f" ({label})"
-        return [_missing(adam_t[0] + label, adam_t[1], where), _missing(init_t[0] + label, init_t[1], where)]  # fmt: skip
+        return [
+            _missing(adam_t[0] + label, adam_t[1], where),
+            _missing(init_t[0] + label, init_t[1], where),
+        ]
     label = f" ({sweep['concept']})"
     adam_t, init_t = (adam_t[0] + label, adam_t[1]), (init_t[0] + label, init_t[1])
     cfg, base = sweep["config"], sweep["baseline"]["heldout_loss"]
-    src = f"{where.shown}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, concept {sweep['concept']!r}, {cfg['n_train']} training examples, {cfg['epochs']} epochs)"  # fmt: skip
+    src = (
+        f"{where.shown}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, concept "
+        f"{sweep['concept']!r}, {cfg['n_train']} training examples, {cfg['epochs']} epochs)"
+    )
     # keyed (optimizer, (beta, lr_alpha)), a grid point g = (beta, lr_alpha) kept whole
-    loss = {(c["optimizer"], (c["beta"], c["lr_alpha"])): (math.inf if c["diverged"] else c["heldout_loss"])
-            for c in sweep["cells"]}  # fmt: skip
+    loss = {
+        (c["optimizer"], (c["beta"], c["lr_alpha"])): (
+            math.inf if c["diverged"] else c["heldout_loss"]
+        )
+        for c in sweep["cells"]
+    }
     key = {(c["optimizer"], (c["beta"], c["lr_alpha"])): c["key"] for c in sweep["cells"]}
     grid = [(float(b), float(lr)) for b in cfg["betas"] for lr in cfg["lr_alphas"]]
     claims = []
@@ -358,25 +436,30 @@ def heatmap_claims(
             v = "reproduces" if wins >= 0.75 * len(both) else "same sign, not significant"
         else:
             v = "not reproduced"
-        claims.append(Claim(*adam_t, v, (
-            f"held-out loss (unsteered {base:.3f}): Adam lower than SGD in {wins} of {len(both)} "
-            f"(β, lr_alpha) cells; best Adam {l_adam:.3f} at {key['adam', best_of['adam']]}, "
-            f"best SGD {l_sgd:.3f} at {key['sgd', best_of['sgd']]}",
+        n_diverged = sum(c["diverged"] is not None for c in sweep["cells"])
+        evidence = (
+            f"held-out loss (unsteered {base:.3f}): Adam lower than SGD in {wins} of "
+            f"{len(both)} (β, lr_alpha) cells; best Adam {l_adam:.3f} at "
+            f"{key['adam', best_of['adam']]}, best SGD {l_sgd:.3f} at "
+            f"{key['sgd', best_of['sgd']]}",
             f"steering score, best Adam cell - best SGD cell (paired): {d}",
-            f"diverged cells: {sum(c['diverged'] is not None for c in sweep['cells'])}",
+            f"diverged cells: {n_diverged}",
             "verdict rule (a held-out loss has no CI here): reproduces when Adam's best loss is "
             "lower than SGD's and Adam is lower in at least 3/4 of the cells; same sign when "
             "only its best is lower",
-        ), src))  # fmt: skip
+        )
+        claims.append(Claim(*adam_t, v, evidence, src))
     adam = [g for g in grid if ("adam", g) in loss]
     if adam:
         best = min(adam, key=lambda g: loss["adam", g])
         small = min(adam)  # the smallest beta, then the smallest lr_alpha
         gain = {g: (base - loss["adam", g]) / (base - loss["adam", best]) for g in adam}
         d = paired_difference(rows, key["adam", best], key["adam", small])
-        lines = [f"held-out loss with Adam (unsteered {base:.3f}); rows β, columns lr_alpha:",
-                 "| β \\ lr_alpha | " + " | ".join(f"{x:g}" for x in cfg["lr_alphas"]) + " |",
-                 "|---|" + "---|" * len(cfg["lr_alphas"])]  # fmt: skip
+        lines = [
+            f"held-out loss with Adam (unsteered {base:.3f}); rows β, columns lr_alpha:",
+            "| β \\ lr_alpha | " + " | ".join(f"{x:g}" for x in cfg["lr_alphas"]) + " |",
+            "|---|" + "---|" * len(cfg["lr_alphas"]),
+        ]
         for b in cfg["betas"]:
             cells = [loss.get(("adam", (float(b), float(x))), math.nan) for x in cfg["lr_alphas"]]
             lines.append(f"| {b:g} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
@@ -404,26 +487,44 @@ def position_claims(
 ) -> list[Claim]:
     """A few boundary prompt tokens (``f2+l2``) vs every prompt token and vs every token, from
     the sweep saved in ``where`` (``label``: what it trains on, shown when missing)."""
-    title = ("A few boundary prompt tokens beat all prompt tokens",
-             "Position search (Concept10): f2+l2 0.731 vs all_prompt 0.504 and all (FSSV) 0.490 "
-             "on Gemma-2-2B L10; 0.800 vs 0.621 and 0.749 on Gemma-2-9B L20.")  # fmt: skip
+    title = (
+        "A few boundary prompt tokens beat all prompt tokens",
+        "Position search (Concept10): f2+l2 0.731 vs all_prompt 0.504 and all (FSSV) 0.490 "
+        "on Gemma-2-2B L10; 0.800 vs 0.621 and 0.749 on Gemma-2-9B L20.",
+    )
     if sweep is None:
         return [_missing(f"{title[0]} ({label})", title[1], where)]
     title = (f"{title[0]} ({sweep['concept']})", title[1])
-    src = f"{where.shown}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, PrOSV preset per spec)"  # fmt: skip
+    src = (
+        f"{where.shown}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, "
+        "PrOSV preset per spec)"
+    )
     cells = {c["key"]: c for c in sweep["cells"] if not c["diverged"]}
     missing = sorted({"f2+l2", "prompt", "all"} - set(cells))
     if missing:  # an unfinished (or diverged) sweep
-        return [Claim(*title, "no result", (f"cells {missing} are missing or diverged; rerun "
-                                            f"`{where.command}` to finish",), src)]  # fmt: skip
+        return [
+            Claim(
+                *title,
+                "no result",
+                (f"cells {missing} are missing or diverged; rerun `{where.command}` to finish",),
+                src,
+            )
+        ]
     d_prompt = paired_difference(rows, "f2+l2", "prompt")
     d_all = paired_difference(rows, "f2+l2", "all")
     ranked = sorted(cells.values(), key=lambda c: -c["scores"]["overall"]["mean"])
-    return [Claim(*title, verdict(d_prompt), (
-        "overall score per spec, best first: "
-        + "; ".join(f"{c['key']} {_est(c['scores']['overall'], 2)}" for c in ranked),
-        f"paired f2+l2 - prompt: {d_prompt}; f2+l2 - all: {d_all}",
-    ), src)]  # fmt: skip
+    return [
+        Claim(
+            *title,
+            verdict(d_prompt),
+            (
+                "overall score per spec, best first: "
+                + "; ".join(f"{c['key']} {_est(c['scores']['overall'], 2)}" for c in ranked),
+                f"paired f2+l2 - prompt: {d_prompt}; f2+l2 - all: {d_all}",
+            ),
+            src,
+        )
+    ]
 
 
 # -- beyond the paper: the route ---------------------------------------------------------------
@@ -446,8 +547,10 @@ def mechanism_lines(folder: Path, command: str) -> list[str]:
     for heads, what in ((False, "single layers"), (True, "single key/value heads")):
         top = pp.ranking("restore", "kv", heads=heads)[:3]
         if top:
-            lines.append(f"{what} whose restore removes the most of the effect: "
-                         + ", ".join(f"{lab.split('/', 2)[2]} ({x:.1%})" for lab, x in top))  # fmt: skip
+            lines.append(
+                f"{what} whose restore removes the most of the effect: "
+                + ", ".join(f"{lab.split('/', 2)[2]} ({x:.1%})" for lab, x in top)
+            )
     return lines
 
 
@@ -486,7 +589,7 @@ def collect_claims(results_dir: str | Path, folders: ResultFolders) -> list[Clai
         *_checked(
             demo_claims,
             demo,
-            _read_json(demo / "results.json"),
+            _read_demo(demo / "results.json"),
             _read_rows(demo / "rows.jsonl"),
             _source(root, folders, folders.demo),
         ),
@@ -566,14 +669,24 @@ def render_report(
             prev_table = table
         out += ["", f"**Verdict: {c.verdict}.**", ""]
     if mechanism:
-        out += ["## Beyond the paper: the route of a prompt-only edit", "",
-                f"Path patching of the PrOSV (`{attention}/`): the effect on answer tokens "
-                "when only the steered positions' keys and/or values at layers above L are restored to "
-                "their unsteered values (restore) or transplanted into an unsteered run (inject).", ""]  # fmt: skip
+        out += [
+            "## Beyond the paper: the route of a prompt-only edit",
+            "",
+            f"Path patching of the PrOSV (`{attention}/`): the effect on answer tokens "
+            "when only the steered positions' keys and/or values at layers above L are restored to "
+            "their unsteered values (restore) or transplanted into an unsteered run (inject).",
+            "",
+        ]
         out += [f"- {line}" for line in mechanism] + [""]
-    out += ["## Verdict rules", "", *(f"- **{k}**: {v}" for k, v in VERDICTS.items()), "",
-            "Paired differences: bootstrap over instructions (1000 resamples, seed 0). Unpaired "
-            "comparisons (utility accuracy, KL): different only when the 95% CIs do not overlap.", ""]  # fmt: skip
+    out += [
+        "## Verdict rules",
+        "",
+        *(f"- **{k}**: {v}" for k, v in VERDICTS.items()),
+        "",
+        "Paired differences: bootstrap over instructions (1000 resamples, seed 0). Unpaired "
+        "comparisons (utility accuracy, KL): different only when the 95% CIs do not overlap.",
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -21,13 +21,12 @@ before the model loads; ``inputs.json``: the model and the concept data): a resu
 settings, another model or other data is refused, so judged rows of different runs never mix.
 """
 
-import json
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 
@@ -62,6 +61,13 @@ from prosv_lens.evaluation.utility import (
     load_utility_items,
 )
 from prosv_lens.experiments.demo_report import render_report, write_figures
+from prosv_lens.experiments.demo_results import (
+    STAGES,
+    DemoResults,
+    SavedMethodScore,
+    TrainingRun,
+    UtilityResult,
+)
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import DEFAULT_MODEL, LoadedModel, default_layer, load_model, parse_dtype
 from prosv_lens.safe_io import RunLock, check_fingerprint, check_writable, write_text
@@ -231,9 +237,7 @@ _BOOKKEEPING = {"fingerprint.json", "inputs.json", ".prosv.lock", ".prosv.lock.j
 
 def _run_demo(cfg: DemoConfig, run: Path) -> Path:
     t0 = time.perf_counter()
-    st = _Stages(
-        ["model", "data", "train", "baselines", "steering", "utility", "robustness", "report"]
-    )
+    st = _Stages(list(STAGES))
     model = st.run("model", lambda: load_model(cfg.model, dtype=cfg.dtype))
     judge = make_judge(cfg.judge, model)
     judge.check()  # before any work: a missing key or embedding model fails here
@@ -246,9 +250,14 @@ def _run_demo(cfg: DemoConfig, run: Path) -> Path:
     vectors, logs = st.run("train", lambda: _train(model, data, layer, cfg))
     md = st.run("baselines", lambda: _diffmean(model, data, layer))
     direction = SteeringVector(
-        md.direction, layer=layer, positions="all", alpha=1.0, model_id=model.model_id,
-        chat_template_hash=model.chat_template_hash, info={"method": "diffmean", "concept": data.name},
-    )  # fmt: skip
+        md.direction,
+        layer=layer,
+        positions="all",
+        alpha=1.0,
+        model_id=model.model_id,
+        chat_template_hash=model.chat_template_hash,
+        info={"method": "diffmean", "concept": data.name},
+    )
     for name, sv in {**vectors, "diffmean": direction}.items():
         save_vector(sv, run / "vectors" / name, overwrite=True)  # retrained identically on resume
     methods = [
@@ -282,43 +291,45 @@ def _run_demo(cfg: DemoConfig, run: Path) -> Path:
         "robustness",
         lambda: _robustness(model, data.name, chosen, instructions, judge, log, eval_cfg),
     )
-    results = {
-        "config": asdict(cfg),
-        "model": model.model_id,
-        "layer": layer,
-        "concept": data.name,
-        "n_train": len(data),
-        "judge": judge.name,
-        "resid_norm": md.resid_norm,
-        "diffmean_factor": factor,
-        "alphas": {n: None if v is None else float(v.alpha) for n, v in chosen.items()},
-        "vector_norms": {n: float(v.v.norm()) for n, v in vectors.items()},
-        "steering": [s.to_dict() for s in summarize(log.rows, "steering")],
-        "robustness": [s.to_dict() for s in summarize(log.rows, "robustness")],
-        "utility": utility,
-        "training": {n: {"seconds": logs[n]["seconds"], "log": logs[n]["log"]} for n in vectors},
-    }
-    st.run("report", lambda: _report(run, results))
-    results["seconds"] = {**st.seconds, "total": round(time.perf_counter() - t0, 1)}
+    results = DemoResults(
+        config=asdict(cfg),
+        model=model.model_id,
+        layer=layer,
+        concept=data.name,
+        n_train=len(data),
+        judge=judge.name,
+        resid_norm=md.resid_norm,
+        diffmean_factor=factor,
+        alphas={n: None if v is None else float(v.alpha) for n, v in chosen.items()},
+        vector_norms={n: float(v.v.norm()) for n, v in vectors.items()},
+        steering=tuple(SavedMethodScore.of(s) for s in summarize(log.rows, "steering")),
+        robustness=tuple(SavedMethodScore.of(s) for s in summarize(log.rows, "robustness")),
+        utility=utility,
+        training=logs,
+    )
+    figures = st.run("report", lambda: _figures(run, results))
+    results = results.with_report(
+        figures, {**st.seconds, "total": round(time.perf_counter() - t0, 1)}
+    )
     st.bar.close()
-    write_text(run / "results.json", json.dumps(results, indent=2))
+    results.save(run / "results.json")
     write_text(run / "report.md", render_report(results, log.rows))
     return run
 
 
 def _train(
     model: LoadedModel, data: ConceptData, layer: int, cfg: DemoConfig
-) -> tuple[dict[str, SteeringVector], dict[str, dict[str, Any]]]:
+) -> tuple[dict[str, SteeringVector], dict[str, TrainingRun]]:
     """PrOSV and FSSV with the paper's presets (only the epochs changed), and their logs."""
     vectors: dict[str, SteeringVector] = {}
-    logs: dict[str, dict[str, Any]] = {}
+    logs: dict[str, TrainingRun] = {}
     for name, tc in (
         ("prosv", TrainConfig.prosv(layer, epochs=cfg.epochs)),
         ("fssv", TrainConfig.fssv(layer, epochs=cfg.epochs)),
     ):
         result = train(model, data, tc, progress=False)
         vectors[name] = result.vectors[data.name]
-        logs[name] = {"seconds": round(result.seconds, 1), "log": result.logs[data.name]}
+        logs[name] = TrainingRun.of(round(result.seconds, 1), result.logs[data.name])
     return vectors, logs
 
 
@@ -331,13 +342,13 @@ def _diffmean(model: LoadedModel, data: ConceptData, layer: int) -> MeanDifferen
 
 def _utility(
     model: LoadedModel, concept: str, chosen: dict, instructions: list[str], cfg: DemoConfig
-) -> dict:
+) -> dict[str, UtilityResult]:
     """KL damage (held-out instructions as neutral prompts) and built-in utility accuracy."""
     items = load_utility_items()[: cfg.n_utility]
     ucfg = UtilityConfig(batch_size=32)
     kl_prompts = instructions[: cfg.n_kl_prompts]
     base = evaluate_utility(model, None, items, ucfg).accuracy
-    out = {"unsteered": {"accuracy": base.to_dict(), "kl": None}}
+    out = {"unsteered": UtilityResult(accuracy=base, kl=None)}
     for name, sv in chosen.items():
         if sv is None:  # the prompt baseline: the same items / continuations behind the prompt
             render = Method.prompt().render
@@ -350,7 +361,7 @@ def _utility(
         else:
             acc = evaluate_utility(model, sv, items, ucfg).accuracy
             kl = kl_damage(model, sv, kl_prompts, KLConfig(batch_size=16))
-        out[name] = {"accuracy": acc.to_dict(), "kl": kl.estimate.to_dict()}
+        out[name] = UtilityResult(accuracy=acc, kl=kl.estimate)
     return out
 
 
@@ -367,5 +378,6 @@ def _robustness(model, concept, chosen, instructions, judge, log, eval_cfg) -> N
     )
 
 
-def _report(run: Path, results: dict) -> None:
-    results["figures"] = [str(p.relative_to(run)) for p in write_figures(run / "figures", results)]
+def _figures(run: Path, results: DemoResults) -> tuple[str, ...]:
+    """Draw the run's figures; their paths relative to the run folder."""
+    return tuple(str(p.relative_to(run)) for p in write_figures(run / "figures", results))

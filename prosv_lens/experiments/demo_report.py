@@ -7,14 +7,16 @@ judge that answered little usable are never shown as if they were normal.
 from collections.abc import Sequence
 from pathlib import Path
 
+from prosv_lens.evaluation.stats import Estimate
 from prosv_lens.evaluation.steering_eval import judge_parse_failures
+from prosv_lens.experiments.demo_results import DemoResults
 from prosv_lens.figures.regenerate import evaluation_figures
 
 SUMMARY_METHODS = ("unsteered", "prompt", "diffmean", "prosv", "fssv")
 
 
-def _est(e: dict | None) -> str:
-    return "-" if e is None else f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+def _est(e: Estimate | None) -> str:
+    return "-" if e is None else f"{e.mean:.3f} [{e.low:.3f}, {e.high:.3f}]"
 
 
 def _cell(text: str, limit: int = 220) -> str:
@@ -22,9 +24,9 @@ def _cell(text: str, limit: int = 220) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-def write_figures(folder: Path, results: dict) -> list[Path]:
+def write_figures(folder: Path, results: DemoResults) -> list[Path]:
     """The run's figures (steering scores, utility vs robustness, training curves); PNG paths."""
-    return [p for p in evaluation_figures(results, folder) if p.suffix == ".png"]
+    return [p for p in evaluation_figures(results.to_dict(), folder) if p.suffix == ".png"]
 
 
 def parse_failure_lines(rows: Sequence[dict]) -> list[str]:
@@ -33,20 +35,19 @@ def parse_failure_lines(rows: Sequence[dict]) -> list[str]:
     return [f"- {s}: {judge_parse_failures(rows, s).describe()}." for s in suites]
 
 
-def render_report(results: dict, rows: Sequence[dict]) -> str:
+def render_report(results: DemoResults, rows: Sequence[dict]) -> str:
     """Markdown: settings, the steering / utility / robustness tables, the judge's unparseable
     replies, samples, timings."""
-    steering = {s["method"]: s for s in results["steering"]}
-    robust = {s["method"]: s for s in results["robustness"]}
-    util = results["utility"]
+    steering, robust = results.by_method("steering"), results.by_method("robustness")
+    util = results.utility
     lines = [
-        f"# prosv demo — {results['concept']}",
+        f"# prosv demo — {results.concept}",
         "",
-        f"Model `{results['model']}`, layer {results['layer']}, {results['n_train']} training "
-        f"examples, judge `{results['judge']}`. Scores are 0-2 (harmonic mean of concept, "
+        f"Model `{results.model}`, layer {results.layer}, {results.n_train} training "
+        f"examples, judge `{results.judge}`. Scores are 0-2 (harmonic mean of concept, "
         "instruction relevance and fluency, 0 if any is 0), means with 95% bootstrap CIs over "
         "held-out answers. DiffMean's factor was selected on the first half of the held-out "
-        f"instructions (x{results['diffmean_factor']:g} the median residual norm); the jointly "
+        f"instructions (x{results.diffmean_factor:g} the median residual norm); the jointly "
         "trained vectors use their learned factor as is.",
         "",
         "| method | alpha | concept | instruct | fluency | **overall** | KL damage (nats) | "
@@ -54,25 +55,33 @@ def render_report(results: dict, rows: Sequence[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in SUMMARY_METHODS:
-        s, u = steering[m], util.get(m, {})
-        alpha = results["alphas"].get(m)
+        s, u = steering[m], util.get(m)
+        alpha = results.alphas.get(m)
+        no_kl = "0" if m == "unsteered" else "-"  # the unsteered model is the KL reference
+        kl = _est(u.kl) if u is not None and u.kl is not None else no_kl
         cells = [
-            m, "-" if alpha is None else f"{alpha:.1f}",
-            *(_est(s[k]) for k in ("concept", "instruct", "fluency")), f"**{_est(s['overall'])}**",
-            _est(u.get("kl")) if isinstance(u.get("kl"), dict) else ("0" if m == "unsteered" else "-"),
-            _est(u.get("accuracy")), _est(robust[m]["overall"]) if m in robust else "-",
-        ]  # fmt: skip
+            m,
+            "-" if alpha is None else f"{alpha:.1f}",
+            *(_est(e) for e in (s.concept, s.instruct, s.fluency)),
+            f"**{_est(s.overall)}**",
+            kl,
+            _est(None if u is None else u.accuracy),
+            _est(robust[m].overall) if m in robust else "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "FSSV with its learned factor scaled down (utility / robustness trade-off):", ""]
     lines += [
         "| method | alpha | KL damage | utility accuracy | robustness (overall) |",
         "|---|---|---|---|---|",
     ]
-    for m in ("prosv", "fssv", *[k for k in util if k.startswith("fssv ")]):
+    order = {s.method: i for i, s in enumerate(results.robustness)}  # util's keys may be sorted
+    scaled = sorted((k for k in util if k.startswith("fssv ")), key=lambda k: order.get(k, 0))
+    for m in ("prosv", "fssv", *scaled):
         u = util[m]
+        alpha = results.alphas[m]
         lines.append(
-            f"| {m} | {results['alphas'][m]:.1f} | {_est(u['kl'])} | {_est(u['accuracy'])} | "
-            f"{_est(robust[m]['overall']) if m in robust else '-'} |"
+            f"| {m} | {'-' if alpha is None else f'{alpha:.1f}'} | {_est(u.kl)} | "
+            f"{_est(u.accuracy)} | {_est(robust[m].overall) if m in robust else '-'} |"
         )
     lines += ["", "Judge replies, per suite:", ""]
     lines += parse_failure_lines(rows)
@@ -90,7 +99,7 @@ def render_report(results: dict, rows: Sequence[dict]) -> str:
                 f"| {m} | {_cell(r['instruction'], 80)} | {_cell(r['response'])} | {rating} |"
             )
     lines += ["", "## Figures", ""]
-    lines += [f"![{Path(p).stem}]({p})" for p in results.get("figures", [])]
-    secs = results.get("seconds", {})
-    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in secs.items()), ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in results.figures]
+    secs = results.stage_seconds()
+    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in secs), ""]
     return "\n".join(lines)
