@@ -168,10 +168,16 @@ def _cmd_figures(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    import os
     import time
 
     from prosv_lens.evaluation.offline_judge import OfflineJudge
-    from prosv_lens.experiments.sweeps import format_sweep, load_sweep_config, run_sweep
+    from prosv_lens.experiments.sweeps import (
+        SweepJob,
+        execute_sweep,
+        format_sweep,
+        load_sweep_config,
+    )
     from prosv_lens.figures.regenerate import sweep_figures
     from prosv_lens.models import load_model
     from prosv_lens.safe_io import check_output_path
@@ -179,15 +185,35 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     cfg = load_sweep_config(args.config)  # a bad config fails before the model loads
     out = check_output_path(args.out or Path("results") / Path(args.config).stem, folder=True)
     check_output_path(args.figures, flag="--figures", folder=True)
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
     t0 = time.perf_counter()
-    model = load_model(cfg.model, device=args.device, dtype=cfg.dtype)
-    model.hook_name(cfg.layer)  # a layer the model lacks fails before the sweep's folder is made
-    sweep = run_sweep(model, cfg, out, OfflineJudge(reference=model))
-    _out(format_sweep(sweep))
-    for path in sweep_figures(sweep, Path(args.figures), out.name + "_"):
-        _out(f"wrote {path}")
+    if args.workers is None and address is None:  # in this process, as before Ray existed
+        model = load_model(cfg.model, device=args.device, dtype=cfg.dtype)
+        model.hook_name(cfg.layer)  # a layer the model lacks fails before the folder is made
+        job = SweepJob(cfg, model=model, judge=OfflineJudge(reference=model))
+    else:
+        from prosv_lens.experiments.ray_executor import import_ray
+
+        import_ray()  # no Ray: one line saying how to install it, before any work
+        job = SweepJob(cfg, device=args.device)
+    run = execute_sweep(
+        job,
+        out,
+        workers=args.workers,
+        address=address,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+    )
+    for folder, sweep in run.sweeps.items():
+        if len(run.sweeps) > 1:
+            _out(f"-- {folder}: {sweep['concept']}")
+        _out(format_sweep(sweep))
+        if len(run.sweeps) == 1:
+            for path in sweep_figures(sweep, Path(args.figures), out.name + "_"):
+                _out(f"wrote {path}")
+    _out(run.summary.format())
     _out(f"results: {out} (this invocation {time.perf_counter() - t0:.0f} s)")
-    return 0
+    return 1 if run.summary.failed else 0
 
 
 def report_folders() -> "ResultFolders":
@@ -477,13 +503,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyse(sub)
     _add_figures(sub)
     _add_report(sub)
-    p = sub.add_parser("sweep", help="run or resume a hyper-parameter sweep (beta x lr_alpha "
-                       "heatmap or position specs) from a JSON config, then draw its figure")  # fmt: skip
+    p = sub.add_parser(
+        "sweep",
+        help="run or resume a hyper-parameter sweep (beta x lr_alpha heatmap or position specs) "
+        "from a JSON config, in this process or on Ray workers, then draw its figure",
+    )
     p.add_argument("config", help="sweep config, e.g. configs/heatmap_small.json")
-    p.add_argument("--out", default=None,
-                   help="results folder (default: results/<config name>); rerun to resume")  # fmt: skip
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results folder (default: results/<config name>); rerun to resume",
+    )
     p.add_argument("--figures", default="figures", help="folder for the figure (PNG + PDF)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="run on a local Ray instance with N workers, each keeping the model loaded "
+        "(needs prosv-lens[ray]; default: one unit after another in this process)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="submit to an existing Ray cluster (ray://HOST:10001 or HOST:6379; default "
+        "$RAY_ADDRESS if set)",
+    )
+    p.add_argument(
+        "--cpus-per-worker", type=positive_int, default=1, help="CPU cores per Ray worker (1)"
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=non_negative_float,
+        default=0.0,
+        help="GPUs per Ray worker (0; 1 with --device cuda puts one worker on each GPU)",
+    )
     p.set_defaults(func=_cmd_sweep)
     _add_axbench_eval(sub)
     _add_build_concept(sub)

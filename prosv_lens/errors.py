@@ -137,3 +137,13 @@ class FiguresError(ProsvError):
 
 class ClaimsError(ProsvError, ValueError):
     """Saved results cannot support a comparison (e.g. no instruction answered by both methods)."""
+
+
+class UnitError(ProsvError):
+    """A run's work units are inconsistent: two units with one id (the config repeats a value),
+    or a unit that needs one not listed before it."""
+
+
+class RayUnavailableError(ProsvError):
+    """``--workers``/``--address`` was given but Ray is not installed, or the cluster at the
+    address cannot be reached."""

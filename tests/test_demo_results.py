@@ -179,11 +179,6 @@ def test_a_bad_field_is_one_line_naming_the_file_and_field(tmp_path, change, nam
     assert "\n" not in message and str(path) in message and named in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JsonResult's float type hook (experiments/results.py) calls float() on any value, so a "
-    "non-numeric string for a float field fails with ValueError before dacite names the field",
-)
 def test_a_string_for_a_float_names_the_field(tmp_path):
     data = _committed()
     data["steering"][1]["overall"]["mean"] = "high"

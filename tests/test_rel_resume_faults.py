@@ -113,8 +113,9 @@ def test_a_demo_folder_refuses_other_settings_and_a_concurrent_run(tmp_path):
 
 def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
     _killed("sweep", tmp_path / "sweep", kill_at=3)  # after the baseline and the first cell
-    cells = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["cells"]
-    assert 0 < len(cells) < 3
+    units = list((tmp_path / "sweep" / "units").iterdir())
+    done = [u for u in units if (u / "DONE").exists()]
+    assert 0 < len(done) < 7 and not (tmp_path / "sweep" / "sweep.json").exists()
     resumed = sweep_job(tmp_path / "sweep", 0)
     straight = sweep_job(tmp_path / "straight", 0)
     strip = lambda s: [{k: v for k, v in c.items() if k != "seconds"} for c in s["cells"]]  # noqa: E731
@@ -126,8 +127,8 @@ def test_a_sweep_folder_refuses_other_data_settings_and_a_concurrent_run(tmp_pat
     sweep_job(tmp_path, 0)
     real = sweeps.sweep_data
 
-    def edited(model, cfg):  # the same config over a changed data file
-        data = real(model, cfg)
+    def edited(model, cfg, concept):  # the same config over a changed data file
+        data = real(model, cfg, concept)
         return ConceptData(data.name, data.prompts, (data.responses[0] + "!", *data.responses[1:]))
 
     monkeypatch.setattr(sweeps, "sweep_data", edited)
@@ -141,10 +142,15 @@ def test_a_sweep_folder_refuses_other_data_settings_and_a_concurrent_run(tmp_pat
 
 
 def test_a_corrupt_sweep_file_is_a_one_line_error(tmp_path):
-    sweep_job(tmp_path, 0)
+    first = sweep_job(tmp_path, 0)
+    # sweep.json is assembled from the units on every run: a damaged copy is rebuilt
     raw = (tmp_path / "sweep.json").read_text()
     (tmp_path / "sweep.json").write_text(raw[: len(raw) // 2])
-    with pytest.raises(ResultFileError, match="sweep.json is not valid JSON") as e:
+    assert sweep_job(tmp_path, 0)["cells"] == first["cells"]
+    # a damaged unit result is named, in one line, not silently recomputed or mixed
+    result = sorted((tmp_path / "units").glob("*/result.json"))[0]
+    result.write_text(result.read_text()[:10])
+    with pytest.raises(ResultFileError, match="result.json is not valid JSON") as e:
         sweep_job(tmp_path, 0)
     assert "\n" not in str(e.value)
 

@@ -3,6 +3,7 @@ judge (not a real judge): every cell is written, a rerun resumes without retrain
 round-trip and validate, and the figures render from the saved sweep.json."""
 
 import json
+import shutil
 import zlib
 
 import pytest
@@ -86,18 +87,25 @@ def test_heatmap_writes_every_cell_and_resumes_without_retraining(tiny, tmp_path
 
 def test_partial_sweep_resumes_only_missing_cells(tiny, tmp_path, counted):
     out = tmp_path / "pos"
-    run_position_sweep(tiny, PositionSweepConfig(specs=("all",), **SIZES), out / "a", HashJudge())
-    first = json.loads((out / "a" / "sweep.json").read_text())
-    # Pretend the run was killed after the first cell of the two-spec sweep.
-    (out / "b").mkdir()
-    partial = {**first, "config": json.loads(json.dumps(POS.to_dict()))}
-    (out / "b" / "sweep.json").write_text(json.dumps(partial))
-    (out / "b" / "inputs.json").write_text((out / "a" / "inputs.json").read_text())
+    first = run_position_sweep(tiny, POS, out, HashJudge())
+    rows = (out / "rows.jsonl").read_bytes()
+    # Pretend the run was killed before the second cell's units committed.
+    job = sweeps.SweepJob(POS)
+    f2l2 = [u for u in job.units() if u.settings.get("train_config", {}).get("positions") == "f2+l2"]
+    assert [u.kind for u in f2l2] == ["train", "eval"]
+    for unit in f2l2:
+        shutil.rmtree(out / "units" / unit.id)
     counted.clear()
-    sweep = run_position_sweep(tiny, POS, out / "b", HashJudge())
+    sweep = run_position_sweep(tiny, POS, out, HashJudge())
     assert [c.positions for c in counted] == ["f2+l2"]
     assert [c["positions"] for c in sweep["cells"]] == ["all", "f2+l2"]
-    assert sweep["cells"][0] == first["cells"][0]
+    assert _timeless(sweep) == _timeless(first)
+    assert (out / "rows.jsonl").read_bytes() == rows
+
+
+def _timeless(sweep: dict) -> dict:
+    """A sweep.json without its timings (the only part that differs between runs)."""
+    return {**sweep, "cells": [{k: v for k, v in c.items() if k != "seconds"} for c in sweep["cells"]]}
 
 
 def test_other_config_in_out_dir_is_refused(tiny, tmp_path):
@@ -151,8 +159,14 @@ def test_config_round_trip_and_file_loading(tmp_path):
         (lambda: PositionSweepConfig(n_eval=0), "n_eval"),
         (lambda: HeatmapConfig.from_dict({"betaz": [1]}), "unknown"),
         (lambda: HeatmapConfig.from_dict({"kind": "positions"}), "kind"),
-        (lambda: HeatmapConfig(axbench="some/folder"), "axbench and concept_id go together"),
-        (lambda: PositionSweepConfig(concept_id=3), "axbench and concept_id go together"),
+        (lambda: HeatmapConfig(axbench="some/folder"), "axbench goes with exactly one"),
+        (lambda: PositionSweepConfig(concept_id=3), "axbench goes with exactly one"),
+        (lambda: HeatmapConfig(axbench="f", concept_id=1, n_concepts=2), "exactly one"),
+        (lambda: HeatmapConfig(axbench="f", concept_ids=()), "non-empty"),
+        (lambda: HeatmapConfig(axbench="f", concept_ids=(1, 1)), "repeats"),
+        (lambda: HeatmapConfig(axbench="f", n_concepts=0), "n_concepts"),
+        (lambda: HeatmapConfig(concepts_per_unit=0), "concepts_per_unit"),
+        (lambda: HeatmapConfig.from_dict({"concept_ids": [1, "x"]}), "concept_ids"),
     ],
 )
 def test_bad_configs_raise_clear_errors(make, match):

@@ -23,7 +23,9 @@ R = TypeVar("R", bound="JsonResult")
 
 _CONFIG = dacite.Config(
     cast=[tuple],  # JSON lists -> tuple fields
-    type_hooks={float: float},  # JSON writes 2.0 as 2.0 but a hand-written file may say 2
+    # JSON writes 2.0 as 2.0 but a hand-written file may say 2; anything else is left for the
+    # type check, which names the field
+    type_hooks={float: lambda v: float(v) if type(v) is int else v},
     strict=True,  # an unknown field is an error, not silently dropped
 )
 

@@ -21,8 +21,9 @@ sizes change. ``prosv_lens.figures.sweeps`` draws ``sweep.json`` without a model
 
 import json
 import math
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import UnionType
@@ -30,9 +31,15 @@ from typing import Any, get_args, get_origin
 
 from prosv_lens._version import __version__
 from prosv_lens.builder import concept_data
-from prosv_lens.concepts import builtin_instructions, load_axbench_concept
+from prosv_lens.concepts import axbench_concept_ids, builtin_instructions, load_axbench_concept
 from prosv_lens.concepts.data import ConceptData
-from prosv_lens.errors import ProsvError, RunMismatchError, SweepError, TrainingDivergedError  # noqa: F401 - re-exported
+from prosv_lens.errors import (  # noqa: F401 - re-exported
+    ConceptDataError,
+    ProsvError,
+    RunMismatchError,
+    SweepError,
+    TrainingDivergedError,
+)
 from prosv_lens.evaluation.judges import Judge
 from prosv_lens.evaluation.records import ResultLog
 from prosv_lens.evaluation.steering_eval import (
@@ -43,8 +50,9 @@ from prosv_lens.evaluation.steering_eval import (
     summarize,
     tasks_from,
 )
+from prosv_lens.experiments.units import RunSummary, UnitOutput, UnitStore, WorkUnit, execute_units
 from prosv_lens.interventions import SteeringVector
-from prosv_lens.models import DTYPES, LoadedModel
+from prosv_lens.models import DTYPES, LoadedModel, load_model
 from prosv_lens.positions import PositionSpec
 from prosv_lens.safe_io import (
     RunLock,
@@ -55,13 +63,16 @@ from prosv_lens.safe_io import (
     read_json,
     read_text_file,
     write_json,
+    write_text,
 )
 from prosv_lens.training import TrainConfig, response_loss, train
 from prosv_lens.training.checkpoint import data_hash, model_fingerprint
 from prosv_lens.training.config import OPTIMIZERS
+from prosv_lens.vector_io import load_vector, save_vector
 
 SWEEP_FILE = "sweep.json"
 ROWS_FILE = "rows.jsonl"
+RUN_FILE = "run.json"
 PRESETS = ("prosv", "fssv")
 
 
@@ -120,9 +131,20 @@ def _common_checks(cfg: Any) -> None:
     )
     _check(cfg.n_eval >= 1, f"n_eval must be >= 1, got {cfg.n_eval}")
     _check(cfg.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")  # fmt: skip
-    _check((cfg.axbench is None) == (cfg.concept_id is None),
-           "axbench and concept_id go together: set both to train on an AxBench concept, or "
-           f"neither to use `concept` (got axbench={cfg.axbench!r}, concept_id={cfg.concept_id!r})")  # fmt: skip
+    picks = {"concept_id": cfg.concept_id, "concept_ids": cfg.concept_ids, "n_concepts": cfg.n_concepts}
+    chosen = [k for k, v in picks.items() if v is not None]
+    _check(
+        (cfg.axbench is None and not chosen) or (cfg.axbench is not None and len(chosen) == 1),
+        "axbench goes with exactly one of concept_id, concept_ids or n_concepts (set them to "
+        f"train on AxBench concepts, or none to use `concept`); got axbench={cfg.axbench!r}, "
+        + ", ".join(f"{k}={v!r}" for k, v in picks.items()),
+    )
+    if cfg.concept_ids is not None:
+        ids = cfg.concept_ids
+        _check(bool(ids) and min(ids) >= 0, f"concept_ids must be a non-empty list of ids >= 0, got {ids!r}")
+        _check(len(set(ids)) == len(ids), f"concept_ids has repeats {ids!r}")
+    _check(cfg.n_concepts is None or cfg.n_concepts >= 1, f"n_concepts must be >= 1, got {cfg.n_concepts}")
+    _check(cfg.concepts_per_unit >= 1, f"concepts_per_unit must be >= 1, got {cfg.concepts_per_unit}")
 
 
 def _from_dict(cls: "type[_SweepConfig]", data: dict[str, Any]) -> Any:
@@ -141,6 +163,8 @@ def _from_dict(cls: "type[_SweepConfig]", data: dict[str, Any]) -> Any:
 def _from_json(value: Any, kind: Any) -> Any:
     """``value`` as field type ``kind`` wants it: JSON gives lists for tuples, and ints where
     floats are meant; anything else is left for :func:`_check_type` to name."""
+    if get_origin(kind) is UnionType:
+        kind = next(a for a in get_args(kind) if a is not type(None))
     if get_origin(kind) is not tuple or not isinstance(value, list):
         return value
     if get_args(kind)[0] is float:
@@ -158,6 +182,9 @@ class _SweepConfig:
     concept: str = "the ocean"
     axbench: str | None = None
     concept_id: int | None = None
+    concept_ids: tuple[int, ...] | None = None
+    n_concepts: int | None = None
+    concepts_per_unit: int = 1
     layer: int = 12
     epochs: int = 4
     batch_size: int = 12
@@ -186,6 +213,10 @@ class HeatmapConfig(_SweepConfig):
     ``concept_id`` are set, that AxBench concept's positives. The first ``n_train`` examples
     train, the next ``n_heldout`` (``None``: all the rest) are held out for the loss, and the
     first ``n_eval`` built-in eval instructions are judged.
+
+    Many concepts in one run: with ``axbench``, ``concept_ids`` (a list) or ``n_concepts`` (the
+    folder's first N, e.g. 500 for Concept500) instead of ``concept_id`` runs every cell on each
+    concept; ``concepts_per_unit`` concepts share one work unit (see :class:`SweepJob`).
     """
 
     kind = "heatmap"
@@ -270,6 +301,245 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
     return CONFIG_KINDS[data["kind"]].from_dict(data)
 
 
+def offline_judge(model: LoadedModel) -> Judge:
+    """The default sweep judge: :class:`~prosv_lens.evaluation.offline_judge.OfflineJudge` with
+    ``model`` as its fluency reference (a module-level function, so workers can receive it)."""
+    from prosv_lens.evaluation.offline_judge import OfflineJudge
+
+    return OfflineJudge(reference=model)
+
+
+def sweep_concepts(cfg: SweepConfig) -> tuple[int | str, ...]:
+    """The concepts a sweep runs on: AxBench concept ids, or the one ``concept`` name.
+
+    Raises:
+        ConceptDataError: ``concept_ids`` names concepts the AxBench folder lacks, or
+            ``n_concepts`` exceeds the concepts it holds.
+    """
+    if cfg.axbench is None:
+        return (cfg.concept,)
+    if cfg.concept_id is not None:
+        return (cfg.concept_id,)
+    if cfg.concept_ids is not None:
+        return axbench_concept_ids(cfg.axbench, ids=cfg.concept_ids)
+    return axbench_concept_ids(cfg.axbench, first=cfg.n_concepts)
+
+
+def sweep_data(model: LoadedModel, cfg: SweepConfig, concept: int | str) -> ConceptData:
+    """One concept's data: an AxBench concept's positives (an id), or a concept name's data
+    (built with ``model`` and cached, see :func:`~prosv_lens.builder.concept_data`)."""
+    if isinstance(concept, int):
+        assert cfg.axbench is not None  # ids come from an AxBench folder (sweep_concepts)
+        return load_axbench_concept(cfg.axbench, concept)
+    return concept_data(model, concept)
+
+
+def concept_folder(cfg: SweepConfig, concept: int | str) -> str:
+    """Where a concept's ``sweep.json`` goes inside the sweep folder: the folder itself for a
+    one-concept sweep, ``concept_<id>`` for a sweep over many AxBench concepts."""
+    return "" if len(sweep_concepts(cfg)) == 1 else f"concept_{concept}"
+
+
+class SweepJob:
+    """A sweep as work units (see :mod:`prosv_lens.experiments.units`): per block of
+    ``concepts_per_unit`` concepts, one ``baseline`` unit (the unsteered held-out loss and
+    judged answers) and per cell one ``train`` unit (the vectors, their losses) followed by one
+    ``eval`` unit (their judged answers), so training and judging can run on different workers.
+
+    A worker loads the model (``cfg.model`` in ``cfg.dtype`` on ``device``), builds the judge
+    with ``judge_factory(model)`` and reads each concept's data once, on its first unit. Pass
+    ``model`` and ``judge`` to run in-process with ones already loaded; they are never pickled.
+    """
+
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        *,
+        device: str | None = None,
+        judge_factory: Callable[[LoadedModel], Judge] = offline_judge,
+        model: LoadedModel | None = None,
+        judge: Judge | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.judge_factory = judge_factory
+        self._model = model
+        self._judge = judge
+        self._data: dict[int | str, ConceptData] = {}
+        self._load_seconds = 0.0  # loading not yet reported in a UnitOutput
+        self._concepts = sweep_concepts(cfg)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_model=None, _judge=None, _data={}, _load_seconds=0.0)  # each worker loads its own
+        return state
+
+    def blocks(self) -> list[tuple[int | str, ...]]:
+        """The concepts in blocks of ``concepts_per_unit``, in order."""
+        k = self.cfg.concepts_per_unit
+        return [self._concepts[i : i + k] for i in range(0, len(self._concepts), k)]
+
+    def units(self) -> list[WorkUnit]:
+        """Per block: the baseline unit, then each cell's train and eval units, in config order."""
+        cfg, units = self.cfg, []
+        shared = {"layer": cfg.layer, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout}
+        judged = {"n_eval": cfg.n_eval, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+        for block in self.blocks():
+            base = {"concepts": list(block), **shared}
+            where = f" / concept {block[0]}" + (f"..{block[-1]}" if len(block) > 1 else "")
+            units.append(WorkUnit("baseline", {**base, **judged}, label=f"unsteered{where}"))
+            for key, tc, _ in cfg.cells():
+                trained = WorkUnit("train", {**base, "train_config": tc.to_dict()}, f"train {key}{where}")
+                units.append(trained)
+                settings = {**base, **judged, "key": key, "train_config": tc.to_dict()}
+                units.append(WorkUnit("eval", settings, f"eval {key}{where}", (trained.id,)))
+        return units
+
+    def _load(self) -> tuple[LoadedModel, Judge]:
+        t0 = time.perf_counter()
+        if self._model is None:
+            self._model = load_model(self.cfg.model, device=self.device, dtype=self.cfg.dtype)
+            self._model.hook_name(self.cfg.layer)  # a layer the model lacks: ConfigError
+        if self._judge is None:
+            self._judge = self.judge_factory(self._model)
+        self._load_seconds += time.perf_counter() - t0
+        return self._model, self._judge
+
+    def _concept(self, concept: int | str) -> ConceptData:
+        """A concept's data, read once per worker."""
+        if concept not in self._data:
+            model = self._load()[0]
+            t0 = time.perf_counter()
+            self._data[concept] = sweep_data(model, self.cfg, concept)
+            self._load_seconds += time.perf_counter() - t0
+        return self._data[concept]
+
+    def _parts(self, concept: int | str) -> tuple[ConceptData, ConceptData, ConceptData]:
+        """(all data, training part, held-out part) of a concept.
+
+        Raises:
+            SweepError: the concept has too few examples for ``n_train`` plus a held-out part
+                (a failure of this concept's units only).
+        """
+        data, cfg = self._concept(concept), self.cfg
+        _check(
+            cfg.n_train < len(data),
+            f"concept {data.name!r} has {len(data)} examples: n_train={cfg.n_train} leaves "
+            "none held out; lower n_train",
+        )
+        train_part, held_out = data.split(cfg.n_train)
+        if cfg.n_heldout is not None:
+            held_out = held_out.subset(range(min(cfg.n_heldout, len(held_out))))
+        return data, train_part, held_out
+
+    def prepare(self) -> dict[str, Any]:
+        """Load the model, judge and data; returns what identifies the run's inputs (model
+        weights, data, judge, package version) for ``inputs.json``."""
+        model, judge = self._load()
+        data = {str(c): data_hash(self._concept(c)) for c in self._concepts}
+        return {
+            "model": model_fingerprint(model),
+            "data": data,
+            "judge": judge.name,
+            "package_version": __version__,
+        }
+
+    def run(self, unit: WorkUnit, inputs: Mapping[str, UnitOutput]) -> UnitOutput:
+        """Compute one unit (see the class docstring); a diverged training is a result."""
+        model, judge = self._load()
+        for c in unit.settings["concepts"]:
+            self._concept(c)
+        load_seconds, self._load_seconds = self._load_seconds, 0.0
+        t0 = time.perf_counter()
+        concepts = unit.settings["concepts"]
+        with tempfile.TemporaryDirectory(prefix="prosv-unit-") as tmp:
+            log = ResultLog(Path(tmp) / ROWS_FILE, KEY_FIELDS)
+            if unit.kind == "baseline":
+                result = {str(c): self._baseline(model, judge, c, log) for c in concepts}
+            elif unit.kind == "train":
+                result = {str(c): self._train(model, c, unit, Path(tmp)) for c in concepts}
+            else:
+                (trained,) = (inputs[a] for a in unit.after)
+                result = {str(c): self._eval(model, judge, c, unit, trained, log) for c in concepts}
+            files = {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+        return UnitOutput({"concepts": result}, files, time.perf_counter() - t0, load_seconds)
+
+    def _eval_setup(self) -> tuple[list, EvalConfig]:
+        cfg = self.cfg
+        instructions = builtin_instructions("eval")
+        _check(cfg.n_eval <= len(instructions), f"n_eval={cfg.n_eval} > {len(instructions)} eval instructions")  # fmt: skip
+        eval_cfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.n_eval, seed=cfg.seed)  # fmt: skip
+        return list(tasks_from(instructions[: cfg.n_eval])), eval_cfg
+
+    def _baseline(self, model: LoadedModel, judge: Judge, concept: int | str, log: ResultLog) -> dict:
+        data, _, held_out = self._parts(concept)
+        tasks, eval_cfg = self._eval_setup()
+        rows = evaluate_steering(model, data.name, [Method.unsteered()], tasks, judge, log, eval_cfg,
+                                 split=False)  # fmt: skip
+        loss = response_loss(model, held_out, None, layer=self.cfg.layer)
+        return {"concept": data.name, "heldout_loss": float(loss.mean()), **_scores(rows, "unsteered")}
+
+    def _train(self, model: LoadedModel, concept: int | str, unit: WorkUnit, tmp: Path) -> dict:
+        _, train_part, held_out = self._parts(concept)
+        tc = TrainConfig.from_dict(unit.settings["train_config"])
+        t0 = time.perf_counter()
+        try:
+            result = train(model, train_part, tc, progress=False)
+        except TrainingDivergedError as e:
+            return {"diverged": str(e), "seconds": {"train": time.perf_counter() - t0}}
+        t_train = time.perf_counter() - t0
+        vec: SteeringVector = result.vectors[train_part.name]
+        save_vector(vec, tmp / f"vector_{concept}")
+        steps = result.logs[train_part.name]
+        last = [s["loss"] for s in steps if s["epoch"] == steps[-1]["epoch"]]
+        held = float(response_loss(model, held_out, vec, layer=tc.layer,
+                                   max_response_tokens=tc.max_response_tokens).mean())  # fmt: skip
+        return {
+            "diverged": None, "train_loss_first": steps[0]["loss"],
+            "train_loss_final": sum(last) / len(last), "heldout_loss": held,
+            "alpha": float(vec.alpha), "v_norm": float(vec.v.detach().norm()), "steps": result.steps,
+            "seconds": {"train": t_train, "heldout": time.perf_counter() - t0 - t_train},
+        }  # fmt: skip
+
+    def _eval(
+        self,
+        model: LoadedModel,
+        judge: Judge,
+        concept: int | str,
+        unit: WorkUnit,
+        trained: UnitOutput,
+        log: ResultLog,
+    ) -> dict:
+        done = trained.result["concepts"][str(concept)]
+        if done["diverged"]:
+            return {"diverged": done["diverged"]}
+        _, train_part, _ = self._parts(concept)
+        with tempfile.TemporaryDirectory(prefix="prosv-vector-") as tmp:
+            for name, blob in trained.files.items():
+                if name.startswith(f"vector_{concept}."):
+                    (Path(tmp) / name).write_bytes(blob)
+            vec = load_vector(Path(tmp) / f"vector_{concept}", model)
+        key = unit.settings["key"]
+        tasks, eval_cfg = self._eval_setup()
+        t0 = time.perf_counter()
+        rows = evaluate_steering(model, train_part.name, [Method.vector(key, vec)], tasks, judge,
+                                 log, eval_cfg, split=False)  # fmt: skip
+        return {"diverged": None, **_scores(rows, key), "seconds": {"eval": time.perf_counter() - t0}}
+
+
+@dataclass
+class SweepRun:
+    """A finished (or partly finished) sweep invocation.
+
+    Attributes:
+        sweeps: the ``sweep.json`` content per concept folder (``""``: the sweep folder itself).
+        summary: the units done, run now, failed and skipped, and the time they took.
+    """
+
+    sweeps: dict[str, dict]
+    summary: RunSummary
+
+
 def run_heatmap(model: LoadedModel, cfg: HeatmapConfig, out_dir: str | Path, judge: Judge) -> dict:
     """Run (or resume) the beta x lr_alpha sweep; returns the ``sweep.json`` content."""
     return run_sweep(model, cfg, out_dir, judge)
@@ -283,12 +553,12 @@ def run_position_sweep(
 
 
 def run_sweep(model: LoadedModel, cfg: SweepConfig, out_dir: str | Path, judge: Judge) -> dict:
-    """Train, measure and judge every cell of ``cfg`` not yet in ``out_dir/sweep.json``.
+    """Train, measure and judge every cell of a one-concept sweep not yet done, in this process.
 
     Args:
         model: the model to steer (weights never modified).
-        cfg: a :class:`HeatmapConfig` or :class:`PositionSweepConfig`.
-        out_dir: where ``sweep.json`` and ``rows.jsonl`` go (created if missing).
+        cfg: a :class:`HeatmapConfig` or :class:`PositionSweepConfig` over one concept.
+        out_dir: the sweep folder (created if missing; see :func:`execute_sweep`).
         judge: rates the answers (e.g. ``OfflineJudge(reference=model)``).
 
     Returns:
@@ -296,121 +566,146 @@ def run_sweep(model: LoadedModel, cfg: SweepConfig, out_dir: str | Path, judge: 
         ``baseline`` (the unsteered held-out loss and score) and ``cells`` (in config order).
 
     Raises:
-        SweepError: ``out_dir`` holds a sweep of another config or judge, or the concept has
-            too few examples for ``n_train`` plus a held-out part.
-        RunMismatchError: ``out_dir`` holds a sweep of another model (weights, dtype), other
-            data or another package version (``inputs.json``), or one that recorded none.
-        OutputError: ``out_dir`` cannot be written, or another run is working in it.
+        SweepError: the config covers several concepts (use :func:`execute_sweep`), or a unit
+            failed (its error is named; the completed units are kept).
+        RunMismatchError, OutputError: as :func:`execute_sweep`.
     """
+    _check(len(sweep_concepts(cfg)) == 1, "this sweep covers several concepts: run it with "
+           "execute_sweep(SweepJob(cfg, ...), out_dir), which returns one sweep per concept")  # fmt: skip
+    run = execute_sweep(SweepJob(cfg, model=model, judge=judge), out_dir, progress=False)
+    if run.summary.failed:
+        raise SweepError(run.summary.format())
+    return run.sweeps[""]
+
+
+def execute_sweep(
+    job: SweepJob,
+    out_dir: str | Path,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    cpus_per_worker: int = 1,
+    gpus_per_worker: float = 0.0,
+    progress: bool = True,
+) -> SweepRun:
+    """Run (or resume) a sweep's units, then write each concept's ``sweep.json`` and ``rows.jsonl``.
+
+    Args:
+        job: the sweep (its config, and how workers load the model and judge).
+        out_dir: the sweep folder: ``units/<id>/`` per completed unit, ``run.json`` (the config),
+            ``inputs.json`` (model weights, data, judge, version), ``failed.json`` (units that
+            failed this time), and the assembled ``sweep.json`` + ``rows.jsonl`` (in
+            ``concept_<id>/`` per concept when the sweep covers several).
+        workers: run on a local Ray instance with this many workers (needs ``prosv-lens[ray]``);
+            ``None``: in this process, one unit after another.
+        address: submit to an existing Ray cluster instead (``ray://HOST:PORT`` or ``HOST:PORT``).
+        cpus_per_worker: CPU cores (and torch threads) per Ray worker.
+        gpus_per_worker: GPUs per Ray worker (1: one worker per GPU; set ``device="cuda"``).
+        progress: show a progress bar over units.
+
+    Returns:
+        The :class:`SweepRun`: the assembled sweeps (the cells done so far) and the summary.
+
+    Raises:
+        SweepError: ``out_dir`` holds a sweep of another config, or one written before work
+            units (no ``units/`` folder).
+        RunMismatchError: ``out_dir`` holds a sweep of another model, data, judge or version.
+        OutputError: ``out_dir`` cannot be written, or another run is working in it.
+        RayUnavailableError: ``workers``/``address`` given without Ray installed, or the cluster
+            cannot be reached.
+    """
+    cfg = job.cfg
     out = check_writable(out_dir)
     with RunLock(out):
-        return _run_sweep(model, cfg, out, judge)
+        _check_folder(out, cfg)
 
+        def before(inputs: dict[str, Any]) -> None:
+            check_fingerprint(out, inputs, name="inputs.json", other="a new out_dir")
+            if not (out / RUN_FILE).exists():
+                info = {"config": cfg.to_dict(), "model": inputs["model"]["model_id"],
+                        "judge": inputs["judge"]}  # fmt: skip
+                write_json(out / RUN_FILE, info)
 
-def _run_sweep(model: LoadedModel, cfg: SweepConfig, out: Path, judge: Judge) -> dict:
-    data = sweep_data(model, cfg)
-    inputs = {
-        "model": model_fingerprint(model),
-        "data": data_hash(data),
-        "package_version": __version__,
-    }
-    if (out / SWEEP_FILE).exists() and not (out / "inputs.json").exists():
-        raise RunMismatchError(
-            f"{out} holds a sweep that recorded no inputs (model weights, data; written by an "
-            "older prosv-lens): use a new out_dir, or delete the folder to start over"
+        summary = execute_units(
+            job,
+            out,
+            before=before,
+            workers=workers,
+            address=address,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+            progress=progress,
         )
-    check_fingerprint(out, inputs, name="inputs.json", other="a new out_dir")
-    _check(cfg.n_train < len(data), f"concept {data.name!r} has {len(data)} examples: "
-           f"n_train={cfg.n_train} leaves none held out; lower n_train")  # fmt: skip
-    train_part, held_out = data.split(cfg.n_train)
-    if cfg.n_heldout is not None:
-        held_out = held_out.subset(range(min(cfg.n_heldout, len(held_out))))
-    instructions = builtin_instructions("eval")
-    _check(cfg.n_eval <= len(instructions), f"n_eval={cfg.n_eval} > {len(instructions)} eval instructions")  # fmt: skip
-    tasks = tasks_from(instructions[: cfg.n_eval])
-    log = ResultLog(out / ROWS_FILE, KEY_FIELDS)
-    eval_cfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.n_eval, seed=cfg.seed)
-    sweep = _load_or_start(out / SWEEP_FILE, cfg, model, judge, data.name)
-    if sweep["baseline"] is None:
-        rows = evaluate_steering(model, data.name, [Method.unsteered()], tasks, judge, log, eval_cfg,
-                                 split=False)  # fmt: skip
-        loss = response_loss(model, held_out, None, layer=cfg.layer)
-        sweep["baseline"] = {"heldout_loss": float(loss.mean()), **_scores(rows, "unsteered")}
-        _write(out / SWEEP_FILE, sweep)
-    done = {c["key"] for c in sweep["cells"]}
-    for key, tc, labels in cfg.cells():
-        if key in done:
-            continue
-        cell = _run_cell(model, key, tc, train_part, held_out, tasks, judge, log, eval_cfg)
-        sweep["cells"].append({**labels, **cell})
-        _write(out / SWEEP_FILE, sweep)
-    return sweep
+        sweeps = _assemble(job, out)
+    return SweepRun(sweeps, summary)
 
 
-def sweep_data(model: LoadedModel, cfg: SweepConfig) -> ConceptData:
-    """The sweep's concept data: the AxBench concept's positives, or ``cfg.concept``'s data."""
-    if cfg.axbench is not None:
-        assert cfg.concept_id is not None  # set together with axbench (_common_checks)
-        return load_axbench_concept(cfg.axbench, cfg.concept_id)
-    return concept_data(model, cfg.concept)
+def _check_folder(out: Path, cfg: SweepConfig) -> None:
+    """Refuse a folder holding another config's sweep, or a sweep from before work units."""
+    if (out / SWEEP_FILE).exists() and not (out / RUN_FILE).exists():
+        raise SweepError(
+            f"{out} holds a sweep written before work units (no {RUN_FILE}); its sweep.json is "
+            "complete as it is: use a new out_dir to run again"
+        )
+    saved = read_json(out / RUN_FILE)
+    if saved is None:
+        return
+    try:  # fields added since the sweep was saved take their defaults
+        same = isinstance(saved, dict) and type(cfg).from_dict(saved["config"]) == cfg
+    except (SweepError, KeyError, TypeError, ValueError):
+        same = False
+    _check(same, f"{out} holds a sweep of another config: use a new out_dir (or delete the "
+           "folder to start over)")  # fmt: skip
 
 
-def _load_or_start(
-    path: Path, cfg: SweepConfig, model: LoadedModel, judge: Judge, concept: str
-) -> dict:
-    if path.exists():
-        sweep = read_json(path)  # a corrupt file: ResultFileError naming it
-        if not isinstance(sweep, dict):
-            raise SweepError(f"{path} is not a sweep (a JSON object): use a new out_dir")
-        saved = sweep.get("config")
-        try:  # fields added since the sweep was saved take their defaults
-            same = isinstance(saved, dict) and type(cfg).from_dict(saved) == cfg
-        except (SweepError, TypeError, ValueError):
-            same = False
-        _check(same and sweep.get("judge") == judge.name
-               and sweep.get("model") == model.model_id,
-               f"{path} holds a sweep of another config, model or judge: use a new out_dir "
-               "(or delete the folder to start over)")  # fmt: skip
-        return sweep
-    return {
-        "kind": cfg.kind, "config": cfg.to_dict(), "model": model.model_id, "judge": judge.name,
-        "concept": concept, "layer": cfg.layer, "baseline": None, "cells": [],
-    }  # fmt: skip
+def _assemble(job: SweepJob, out: Path) -> dict[str, dict]:
+    """Each concept's ``sweep.json`` and ``rows.jsonl`` from the completed units, in config order
+    (cells whose units are not done yet are left out)."""
+    cfg, store = job.cfg, UnitStore(out)
+    info = read_json(out / RUN_FILE)
+    if info is None:  # no unit has run yet
+        return {}
+    units = job.units()
+    outputs = {u.id: store.output(u) for u in units if store.is_done(u.id)}
+    sweeps = {}
+    for block in job.blocks():
+        block_units = [u for u in units if u.settings["concepts"] == list(block)]
+        baseline = outputs.get(block_units[0].id)
+        for concept in block:
+            c = str(concept)
+            sweep = {
+                "kind": cfg.kind, "config": cfg.to_dict(), "model": info["model"],
+                "judge": info["judge"], "concept": baseline.result["concepts"][c]["concept"]
+                if baseline else str(concept), "layer": cfg.layer, "baseline": None, "cells": [],
+            }  # fmt: skip
+            rows: list[bytes] = []
+            if baseline is not None:
+                b = dict(baseline.result["concepts"][c])
+                del b["concept"]
+                sweep["baseline"] = b
+                rows += _concept_rows(baseline, sweep["concept"])
+            cells = [u for u in block_units if u.kind == "train"]
+            for (key, tc, labels), trained in zip(cfg.cells(), cells, strict=True):
+                evaluated = [u for u in block_units if u.after == (trained.id,)][0]
+                if trained.id not in outputs or evaluated.id not in outputs:
+                    continue
+                t = outputs[trained.id].result["concepts"][c]
+                e = outputs[evaluated.id].result["concepts"][c]
+                seconds = {**t["seconds"], **e.get("seconds", {})}
+                cell = {**labels, "key": key, "train_config": tc.to_dict(), **t, **e, "seconds": seconds}
+                sweep["cells"].append(cell)
+                rows += _concept_rows(outputs[evaluated.id], sweep["concept"])
+            folder = out / concept_folder(cfg, concept)
+            write_json(folder / SWEEP_FILE, sweep)
+            write_text(folder / ROWS_FILE, b"".join(rows).decode())
+            sweeps[concept_folder(cfg, concept)] = read_json(folder / SWEEP_FILE)
+    return sweeps
 
 
-def _run_cell(
-    model: LoadedModel,
-    key: str,
-    tc: TrainConfig,
-    train_part: ConceptData,
-    held_out: ConceptData,
-    tasks: Sequence,
-    judge: Judge,
-    log: ResultLog,
-    eval_cfg: EvalConfig,
-) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    base = {"key": key, "train_config": tc.to_dict()}
-    try:
-        result = train(model, train_part, tc, progress=False)
-    except TrainingDivergedError as e:
-        return {**base, "diverged": str(e), "seconds": {"train": time.perf_counter() - t0}}
-    t_train = time.perf_counter() - t0
-    vec: SteeringVector = result.vectors[train_part.name]
-    steps = result.logs[train_part.name]
-    last = [s["loss"] for s in steps if s["epoch"] == steps[-1]["epoch"]]
-    held = float(response_loss(model, held_out, vec, layer=tc.layer,
-                               max_response_tokens=tc.max_response_tokens).mean())  # fmt: skip
-    t1 = time.perf_counter()
-    rows = evaluate_steering(model, train_part.name, [Method.vector(key, vec)], tasks, judge, log,
-                             eval_cfg, split=False)  # fmt: skip
-    return {
-        **base, "diverged": None, "train_loss_first": steps[0]["loss"],
-        "train_loss_final": sum(last) / len(last), "heldout_loss": held,
-        "alpha": float(vec.alpha), "v_norm": float(vec.v.detach().norm()), "steps": result.steps,
-        **_scores(rows, key),
-        "seconds": {"train": t_train, "heldout": t1 - t0 - t_train, "eval": time.perf_counter() - t1},
-    }  # fmt: skip
+def _concept_rows(output: UnitOutput, concept: str) -> list[bytes]:
+    """The judged-answer lines of one concept in a unit's ``rows.jsonl``."""
+    lines = output.files.get(ROWS_FILE, b"").splitlines(keepends=True)
+    return [line for line in lines if json.loads(line)["concept"] == concept]
 
 
 def _scores(rows: Sequence[dict], method: str) -> dict[str, Any]:
@@ -418,10 +713,6 @@ def _scores(rows: Sequence[dict], method: str) -> dict[str, Any]:
     d = score.to_dict()
     return {"scores": {k: d[k] for k in ("concept", "instruct", "fluency", "overall")},
             "n_answers": score.n_answers}  # fmt: skip
-
-
-def _write(path: Path, sweep: dict) -> None:
-    write_json(path, sweep)
 
 
 def format_sweep(sweep: dict) -> str:
