@@ -17,7 +17,6 @@ worker) as a fraction of a unit's time; and checks that both runs wrote the same
 """
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -77,7 +76,9 @@ def main() -> None:
     }
     print(f"sweep of {s.total} units on {CONFIG.model} (this machine's CPU)")
     print(f"  sequential (in-process): {t_seq:7.1f} s wall, {unit:.1f} s per unit")
-    print(f"  ray --workers {args.workers}:        {t_ray:7.1f} s wall  (x{t_seq / t_ray:.2f} vs sequential)")
+    print(
+        f"  ray --workers {args.workers}:        {t_ray:7.1f} s wall  (x{t_seq / t_ray:.2f} vs sequential)"
+    )
     print(f"  ray start-up {r.startup_seconds:.1f} s, model load {result['ray_model_load_s_per_worker']:.1f} s per worker, "
           f"{result['ray_unit_mean_s']:.1f} s per unit on a 1-core worker")  # fmt: skip
     print(f"  scheduling overhead {result['ray_overhead_per_unit_s'] * 1000:.0f} ms per unit = "

@@ -94,10 +94,13 @@ def _same_files(a: Path, b: Path) -> None:
             if f.name not in ("DONE", "timing.json", "result.json"):
                 assert f.read_bytes() == (ub / f.name).read_bytes(), f
         ra, rb = (json.loads((u / "result.json").read_text()) for u in (ua, ub))
-        strip = lambda r: {
-            c: {k: v for k, v in d.items() if k != "seconds"} for c, d in r["concepts"].items()
-        }  # noqa: E731
-        assert strip(ra) == strip(rb)
+        assert _timeless_result(ra) == _timeless_result(rb)
+
+
+def _timeless_result(result: dict) -> dict:
+    return {
+        c: {k: v for k, v in d.items() if k != "seconds"} for c, d in result["concepts"].items()
+    }
 
 
 def _rows(folder: Path) -> list[tuple]:
