@@ -503,42 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyse(sub)
     _add_figures(sub)
     _add_report(sub)
-    p = sub.add_parser(
-        "sweep",
-        help="run or resume a hyper-parameter sweep (beta x lr_alpha heatmap or position specs) "
-        "from a JSON config, in this process or on Ray workers, then draw its figure",
-    )
-    p.add_argument("config", help="sweep config, e.g. configs/heatmap_small.json")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="results folder (default: results/<config name>); rerun to resume",
-    )
-    p.add_argument("--figures", default="figures", help="folder for the figure (PNG + PDF)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    p.add_argument(
-        "--workers",
-        type=positive_int,
-        default=None,
-        help="run on a local Ray instance with N workers, each keeping the model loaded "
-        "(needs prosv-lens[ray]; default: one unit after another in this process)",
-    )
-    p.add_argument(
-        "--address",
-        default=None,
-        help="submit to an existing Ray cluster (ray://HOST:10001 or HOST:6379; default "
-        "$RAY_ADDRESS if set)",
-    )
-    p.add_argument(
-        "--cpus-per-worker", type=positive_int, default=1, help="CPU cores per Ray worker (1)"
-    )
-    p.add_argument(
-        "--gpus-per-worker",
-        type=non_negative_float,
-        default=0.0,
-        help="GPUs per Ray worker (0; 1 with --device cuda puts one worker on each GPU)",
-    )
-    p.set_defaults(func=_cmd_sweep)
+    _add_sweep(sub)
     _add_axbench_eval(sub)
     _add_build_concept(sub)
     _add_positions(sub)
@@ -624,6 +589,45 @@ def _add_report(sub: "_Sub") -> None:
     p.add_argument("--results", default="results", help="folder of saved results")
     p.add_argument("--out", default="reports/paper_claims.md")
     p.set_defaults(func=_cmd_report)
+
+
+def _add_sweep(sub: "_Sub") -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run or resume a hyper-parameter sweep (beta x lr_alpha heatmap or position specs) "
+        "from a JSON config, in this process or on Ray workers, then draw its figure",
+    )
+    p.add_argument("config", help="sweep config, e.g. configs/heatmap_small.json")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results folder (default: results/<config name>); rerun to resume",
+    )
+    p.add_argument("--figures", default="figures", help="folder for the figure (PNG + PDF)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="run on a local Ray instance with N workers, each keeping the model loaded "
+        "(needs prosv-lens[ray]; default: one unit after another in this process)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="submit to an existing Ray cluster (ray://HOST:10001 or HOST:6379; default "
+        "$RAY_ADDRESS if set)",
+    )
+    p.add_argument(
+        "--cpus-per-worker", type=positive_int, default=1, help="CPU cores per Ray worker (1)"
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=non_negative_float,
+        default=0.0,
+        help="GPUs per Ray worker (0; 1 with --device cuda puts one worker on each GPU)",
+    )
+    p.set_defaults(func=_cmd_sweep)
 
 
 def _add_axbench_eval(sub: "_Sub") -> None:
