@@ -50,6 +50,7 @@ from prosv_lens.evaluation.steering_eval import (
     summarize,
     tasks_from,
 )
+from prosv_lens.experiments.sweep_results import SweepResult
 from prosv_lens.experiments.units import RunSummary, UnitOutput, UnitStore, WorkUnit, execute_units
 from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import DTYPES, LoadedModel, load_model
@@ -532,27 +533,32 @@ class SweepRun:
     """A finished (or partly finished) sweep invocation.
 
     Attributes:
-        sweeps: the ``sweep.json`` content per concept folder (``""``: the sweep folder itself).
+        sweeps: the :class:`SweepResult` (``sweep.json``) per concept folder (``""``: the sweep
+            folder itself).
         summary: the units done, run now, failed and skipped, and the time they took.
     """
 
-    sweeps: dict[str, dict]
+    sweeps: dict[str, SweepResult]
     summary: RunSummary
 
 
-def run_heatmap(model: LoadedModel, cfg: HeatmapConfig, out_dir: str | Path, judge: Judge) -> dict:
-    """Run (or resume) the beta x lr_alpha sweep; returns the ``sweep.json`` content."""
+def run_heatmap(
+    model: LoadedModel, cfg: HeatmapConfig, out_dir: str | Path, judge: Judge
+) -> SweepResult:
+    """Run (or resume) the beta x lr_alpha sweep; returns its ``sweep.json``."""
     return run_sweep(model, cfg, out_dir, judge)
 
 
 def run_position_sweep(
     model: LoadedModel, cfg: PositionSweepConfig, out_dir: str | Path, judge: Judge
-) -> dict:
-    """Run (or resume) the position-spec sweep; returns the ``sweep.json`` content."""
+) -> SweepResult:
+    """Run (or resume) the position-spec sweep; returns its ``sweep.json``."""
     return run_sweep(model, cfg, out_dir, judge)
 
 
-def run_sweep(model: LoadedModel, cfg: SweepConfig, out_dir: str | Path, judge: Judge) -> dict:
+def run_sweep(
+    model: LoadedModel, cfg: SweepConfig, out_dir: str | Path, judge: Judge
+) -> SweepResult:
     """Train, measure and judge every cell of a one-concept sweep not yet done, in this process.
 
     Args:
@@ -562,8 +568,9 @@ def run_sweep(model: LoadedModel, cfg: SweepConfig, out_dir: str | Path, judge: 
         judge: rates the answers (e.g. ``OfflineJudge(reference=model)``).
 
     Returns:
-        The ``sweep.json`` content: ``kind``, ``config``, ``model``, ``judge``, ``concept``,
-        ``baseline`` (the unsteered held-out loss and score) and ``cells`` (in config order).
+        The :class:`SweepResult` saved as ``sweep.json``: ``kind``, ``config``, ``model``,
+        ``judge``, ``concept``, ``baseline`` (the unsteered held-out loss and score) and
+        ``cells`` (in config order).
 
     Raises:
         SweepError: the config covers several concepts (use :func:`execute_sweep`), or a unit
@@ -658,7 +665,7 @@ def _check_folder(out: Path, cfg: SweepConfig) -> None:
            "folder to start over)")  # fmt: skip
 
 
-def _assemble(job: SweepJob, out: Path) -> dict[str, dict]:
+def _assemble(job: SweepJob, out: Path) -> dict[str, SweepResult]:
     """Each concept's ``sweep.json`` and ``rows.jsonl`` from the completed units, in config order
     (cells whose units are not done yet are left out)."""
     cfg, store = job.cfg, UnitStore(out)
@@ -667,13 +674,13 @@ def _assemble(job: SweepJob, out: Path) -> dict[str, dict]:
         return {}
     units = job.units()
     outputs = {u.id: store.output(u) for u in units if store.is_done(u.id)}
-    sweeps = {}
+    sweeps: dict[str, SweepResult] = {}
     for block in job.blocks():
         block_units = [u for u in units if u.settings["concepts"] == list(block)]
         baseline = outputs.get(block_units[0].id)
         for concept in block:
             c = str(concept)
-            sweep = {
+            sweep: dict[str, Any] = {
                 "kind": cfg.kind, "config": cfg.to_dict(), "model": info["model"],
                 "judge": info["judge"], "concept": baseline.result["concepts"][c]["concept"]
                 if baseline else str(concept), "layer": cfg.layer, "baseline": None, "cells": [],
@@ -696,9 +703,10 @@ def _assemble(job: SweepJob, out: Path) -> dict[str, dict]:
                 sweep["cells"].append(cell)
                 rows += _concept_rows(outputs[evaluated.id], sweep["concept"])
             folder = out / concept_folder(cfg, concept)
-            write_json(folder / SWEEP_FILE, sweep)
+            result = SweepResult.from_dict(sweep, source=f"the units in {out}")
+            result.save(folder / SWEEP_FILE)
             write_text(folder / ROWS_FILE, b"".join(rows).decode())
-            sweeps[concept_folder(cfg, concept)] = read_json(folder / SWEEP_FILE)
+            sweeps[concept_folder(cfg, concept)] = result
     return sweeps
 
 
@@ -715,22 +723,22 @@ def _scores(rows: Sequence[dict], method: str) -> dict[str, Any]:
             "n_answers": score.n_answers}  # fmt: skip
 
 
-def format_sweep(sweep: dict) -> str:
+def format_sweep(sweep: SweepResult) -> str:
     """One line for the unsteered baseline and one per finished cell of a ``sweep.json``."""
-    base = sweep["baseline"]
+    base = sweep.baseline
     lines = []
     if base is not None:
-        lines.append(f"unsteered: held-out loss {base['heldout_loss']:.3f}, "
-                     f"overall {base['scores']['overall']['mean']:.3f}")  # fmt: skip
-    for c in sweep["cells"]:
-        if c["diverged"]:
-            lines.append(f"{c['key']}: diverged ({c['diverged']})")
+        lines.append(f"unsteered: held-out loss {base.heldout_loss:.3f}, "
+                     f"overall {base.scores['overall'].mean:.3f}")  # fmt: skip
+    for c in sweep.cells:
+        if c.diverged:
+            lines.append(f"{c.key}: diverged ({c.diverged})")
             continue
-        o, s = c["scores"]["overall"], c["seconds"]
+        o, s = c.score(), c.seconds
         lines.append(
-            f"{c['key']}: train loss {c['train_loss_first']:.3f} -> {c['train_loss_final']:.3f}, "
-            f"held-out {c['heldout_loss']:.3f}, alpha {c['alpha']:.1f}, overall {o['mean']:.3f} "
-            f"[{o['low']:.3f}, {o['high']:.3f}], concept {c['scores']['concept']['mean']:.3f}, "
+            f"{c.key}: train loss {c.train_loss_first:.3f} -> {c.train_loss_final:.3f}, "
+            f"held-out {c.heldout_loss:.3f}, alpha {c.alpha:.1f}, overall {o.mean:.3f} "
+            f"[{o.low:.3f}, {o.high:.3f}], concept {c.score('concept').mean:.3f}, "
             f"{s['train']:.0f} s train + {s['eval']:.0f} s eval"
         )  # fmt: skip
     return "\n".join(lines)
