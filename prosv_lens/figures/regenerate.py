@@ -20,7 +20,7 @@ Figures are named ``<folder>_<figure>`` after the results folder relative to ``r
 
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,7 +48,13 @@ from prosv_lens.figures.analysis import (
 )
 from prosv_lens.figures.evaluation import steering_scores_figure, tradeoff_figure
 from prosv_lens.figures.style import save
-from prosv_lens.figures.sweeps import SWEEP_KINDS, heatmap_figure, position_sweep_figure
+from prosv_lens.figures.sweeps import (
+    SWEEP_KINDS,
+    SavedSweep,
+    as_sweep,
+    heatmap_figure,
+    position_sweep_figure,
+)
 from prosv_lens.figures.training import training_curves_figure
 from prosv_lens.safe_io import parse_json_text, read_text_file
 
@@ -162,15 +168,14 @@ def analysis_figures(
     return paths
 
 
-def sweep_figures(sweep: Any, out: Path, prefix: str = "") -> list[Path]:
-    """The figure of one ``sweep.json`` (none if it is not a sweep or has no cells yet)."""
-    if (
-        not isinstance(sweep, dict)
-        or sweep.get("kind") not in SWEEP_KINDS
-        or not sweep.get("cells")
-    ):
+def sweep_figures(sweep: SavedSweep | Any, out: Path, prefix: str = "") -> list[Path]:
+    """The figure of one sweep: a :class:`~prosv_lens.experiments.sweep_results.SweepResult`,
+    or the parsed JSON of its ``sweep.json`` (none if it is not a sweep or has no cells yet)."""
+    if isinstance(sweep, Mapping):
+        sweep = as_sweep(sweep)
+    if getattr(sweep, "kind", None) not in SWEEP_KINDS or not sweep.cells:
         return []
-    if sweep["kind"] == "heatmap":
+    if sweep.kind == "heatmap":
         return save(heatmap_figure(sweep), out / f"{prefix}heatmap")
     return save(position_sweep_figure(sweep), out / f"{prefix}positions")
 
