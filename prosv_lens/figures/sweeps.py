@@ -12,7 +12,7 @@ attributes of :class:`SavedSweep`), or the parsed JSON of a ``sweep.json``.
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,6 +23,7 @@ from prosv_lens.figures.style import FALLBACK, RC, color
 SWEEP_KINDS = ("heatmap", "positions")
 
 
+@runtime_checkable
 class SavedEstimate(Protocol):
     """A judged score with its CI, as the figures read it
     (:class:`~prosv_lens.evaluation.stats.Estimate`)."""
@@ -35,6 +36,7 @@ class SavedEstimate(Protocol):
     def high(self) -> float: ...
 
 
+@runtime_checkable
 class SavedSweepBaseline(Protocol):
     """The unsteered model of a sweep, as the figures read it
     (:class:`~prosv_lens.experiments.sweep_results.SweepBaseline`)."""
@@ -45,6 +47,7 @@ class SavedSweepBaseline(Protocol):
     def scores(self) -> Mapping[str, SavedEstimate]: ...
 
 
+@runtime_checkable
 class SavedSweepCell(Protocol):
     """One sweep cell, as the figures read it
     (:class:`~prosv_lens.experiments.sweep_results.SweepCell`)."""
@@ -67,6 +70,7 @@ class SavedSweepCell(Protocol):
     def scores(self) -> Mapping[str, SavedEstimate] | None: ...
 
 
+@runtime_checkable
 class SavedSweep(Protocol):
     """A sweep as the figures read it: the attributes of
     :class:`~prosv_lens.experiments.sweep_results.SweepResult` they use."""
