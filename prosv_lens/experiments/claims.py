@@ -27,6 +27,7 @@ from prosv_lens.analysis import PathPatchingResult
 from prosv_lens.errors import ClaimsError, ProsvError, ResultFileError  # noqa: F401 - re-exported
 from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
 from prosv_lens.experiments.demo_results import DemoResults
+from prosv_lens.experiments.sweep_results import SweepBaseline, SweepResult
 from prosv_lens.safe_io import json_type, parse_json_text, parse_jsonl_text, read_text_file
 
 VERDICTS = {
@@ -384,8 +385,19 @@ def axbench_claims(scores: list | None, rows: Sequence[dict], where: _Source) ->
 # -- claims from the sweeps --------------------------------------------------------------------
 
 
+def _baseline(sweep: SweepResult) -> SweepBaseline:
+    """The sweep's unsteered baseline; a sweep saved without one lacks what the report reads.
+
+    Raises:
+        KeyError: the baseline unit has not finished (named by :func:`_checked`).
+    """
+    if sweep.baseline is None:
+        raise KeyError("baseline")
+    return sweep.baseline
+
+
 def heatmap_claims(
-    sweep: dict | None, rows: Sequence[dict], where: _Source, label: str
+    sweep: SweepResult | None, rows: Sequence[dict], where: _Source, label: str
 ) -> list[Claim]:
     """Adam vs SGD, and large factor init and LR (held-out loss and steering score per cell),
     from the sweep saved in ``where`` (``label``: what it trains on, shown when missing)."""
@@ -405,21 +417,21 @@ def heatmap_claims(
             _missing(adam_t[0] + label, adam_t[1], where),
             _missing(init_t[0] + label, init_t[1], where),
         ]
-    label = f" ({sweep['concept']})"
+    label = f" ({sweep.concept})"
     adam_t, init_t = (adam_t[0] + label, adam_t[1]), (init_t[0] + label, init_t[1])
-    cfg, base = sweep["config"], sweep["baseline"]["heldout_loss"]
+    cfg, base = sweep.config, _baseline(sweep).heldout_loss
     src = (
-        f"{where.shown}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, concept "
-        f"{sweep['concept']!r}, {cfg['n_train']} training examples, {cfg['epochs']} epochs)"
+        f"{where.shown}/sweep.json, rows.jsonl ({sweep.model} L{sweep.layer}, concept "
+        f"{sweep.concept!r}, {cfg['n_train']} training examples, {cfg['epochs']} epochs)"
     )
     # keyed (optimizer, (beta, lr_alpha)), a grid point g = (beta, lr_alpha) kept whole
     loss = {
-        (c["optimizer"], (c["beta"], c["lr_alpha"])): (
-            math.inf if c["diverged"] else c["heldout_loss"]
+        (c.optimizer, (c.beta, c.lr_alpha)): (
+            math.inf if c.diverged or c.heldout_loss is None else c.heldout_loss
         )
-        for c in sweep["cells"]
+        for c in sweep.cells
     }
-    key = {(c["optimizer"], (c["beta"], c["lr_alpha"])): c["key"] for c in sweep["cells"]}
+    key = {(c.optimizer, (c.beta, c.lr_alpha)): c.key for c in sweep.cells}
     grid = [(float(b), float(lr)) for b in cfg["betas"] for lr in cfg["lr_alphas"]]
     claims = []
     if {"adam", "sgd"} <= set(cfg["optimizers"]):
@@ -436,7 +448,7 @@ def heatmap_claims(
             v = "reproduces" if wins >= 0.75 * len(both) else "same sign, not significant"
         else:
             v = "not reproduced"
-        n_diverged = sum(c["diverged"] is not None for c in sweep["cells"])
+        n_diverged = sum(c.diverged is not None for c in sweep.cells)
         evidence = (
             f"held-out loss (unsteered {base:.3f}): Adam lower than SGD in {wins} of "
             f"{len(both)} (β, lr_alpha) cells; best Adam {l_adam:.3f} at "
@@ -483,7 +495,7 @@ def heatmap_claims(
 
 
 def position_claims(
-    sweep: dict | None, rows: Sequence[dict], where: _Source, label: str
+    sweep: SweepResult | None, rows: Sequence[dict], where: _Source, label: str
 ) -> list[Claim]:
     """A few boundary prompt tokens (``f2+l2``) vs every prompt token and vs every token, from
     the sweep saved in ``where`` (``label``: what it trains on, shown when missing)."""
@@ -494,12 +506,12 @@ def position_claims(
     )
     if sweep is None:
         return [_missing(f"{title[0]} ({label})", title[1], where)]
-    title = (f"{title[0]} ({sweep['concept']})", title[1])
+    title = (f"{title[0]} ({sweep.concept})", title[1])
     src = (
-        f"{where.shown}/sweep.json, rows.jsonl ({sweep['model']} L{sweep['layer']}, "
+        f"{where.shown}/sweep.json, rows.jsonl ({sweep.model} L{sweep.layer}, "
         "PrOSV preset per spec)"
     )
-    cells = {c["key"]: c for c in sweep["cells"] if not c["diverged"]}
+    cells = {c.key: c for c in sweep.cells if not c.diverged}
     missing = sorted({"f2+l2", "prompt", "all"} - set(cells))
     if missing:  # an unfinished (or diverged) sweep
         return [
@@ -512,14 +524,14 @@ def position_claims(
         ]
     d_prompt = paired_difference(rows, "f2+l2", "prompt")
     d_all = paired_difference(rows, "f2+l2", "all")
-    ranked = sorted(cells.values(), key=lambda c: -c["scores"]["overall"]["mean"])
+    ranked = sorted(cells.values(), key=lambda c: -c.score().mean)
     return [
         Claim(
             *title,
             verdict(d_prompt),
             (
                 "overall score per spec, best first: "
-                + "; ".join(f"{c['key']} {_est(c['scores']['overall'], 2)}" for c in ranked),
+                + "; ".join(f"{c.key} {_est(c.score(), 2)}" for c in ranked),
                 f"paired f2+l2 - prompt: {d_prompt}; f2+l2 - all: {d_all}",
             ),
             src,
@@ -557,8 +569,15 @@ def mechanism_lines(folder: Path, command: str) -> list[str]:
 # -- the report --------------------------------------------------------------------------------
 
 
-def _sweep(folder: Path) -> tuple[dict | None, list[dict]]:
-    return _read_json(folder / "sweep.json"), _read_rows(folder / "rows.jsonl")
+def _sweep(folder: Path) -> tuple[SweepResult | None, list[dict]]:
+    """The sweep saved in ``folder`` (``None`` if it has none) and its judged rows.
+
+    Raises:
+        ResultFileError: ``sweep.json`` is unreadable, not JSON, or not a sweep result (the
+            field named), or ``rows.jsonl`` is broken.
+    """
+    path = folder / "sweep.json"
+    return SweepResult.load(path) if path.exists() else None, _read_rows(folder / "rows.jsonl")
 
 
 def _source(root: Path, folders: ResultFolders, folder: str) -> _Source:

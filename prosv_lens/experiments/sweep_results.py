@@ -14,7 +14,7 @@ are not written to the file.
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prosv_lens.evaluation.stats import Estimate
 from prosv_lens.experiments.results import JsonResult
@@ -144,3 +144,9 @@ class SweepResult(JsonResult):
             if c.key == key:
                 return c
         raise KeyError(f"no cell {key!r} in the sweep of {self.concept!r}")
+
+
+if TYPE_CHECKING:  # mypy checks that the figures can draw a SweepResult
+    from prosv_lens.figures.sweeps import SavedSweep
+
+    _DRAWABLE: type[SavedSweep] = SweepResult
