@@ -192,9 +192,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         model.hook_name(cfg.layer)  # a layer the model lacks fails before the folder is made
         job = SweepJob(cfg, model=model, judge=OfflineJudge(reference=model))
     else:
-        from prosv_lens.experiments.ray_executor import import_ray
+        from prosv_lens.experiments.ray_executor import check_address, import_ray
 
         import_ray()  # no Ray: one line saying how to install it, before any work
+        if address is not None and address != "auto":
+            check_address(address)
         job = SweepJob(cfg, device=args.device)
     run = execute_sweep(
         job,

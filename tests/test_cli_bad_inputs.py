@@ -94,6 +94,10 @@ def _world(tmp: Path, args: dict) -> None:
         "sweep_nan.json": '{"kind": "heatmap", "betas": [NaN, 1]}',
         "sweep_inf_int.json": '{"kind": "heatmap", "n_eval": Infinity}',
         "sweep_str_epochs.json": json.dumps({"kind": "heatmap", "epochs": "x"}),
+        "sweep_ids_repeat.json": json.dumps(
+            {"kind": "heatmap", "axbench": "ax", "concept_ids": [1, 1]}
+        ),
+        "sweep_per_unit.json": json.dumps({"kind": "heatmap", "concepts_per_unit": 0}),
         "sweep_float_epochs.json": json.dumps({"kind": "heatmap", "epochs": 2.5}),
         "sweep_bool_layer.json": json.dumps({"kind": "heatmap", "layer": True}),
         "sweep_layer.json": json.dumps({"kind": "heatmap", "layer": -1}),
@@ -293,6 +297,24 @@ CASES: list[tuple[str, list[str], str]] = [
     ("sw-model-number", ["sweep", "sweep_model_str.json"], "model"),
     ("sw-layer-too-big", ["sweep", "sweep_big_layer.json", "--out", "sweep_new"], "layer 99"),
     ("sw-out-under-file", ["sweep", "sweep_ok.json", "--out", "afile/x"], "afile"),
+    ("sw-workers-zero", ["sweep", "sweep_ok.json", "--workers", "0"], "--workers"),
+    (
+        "sw-gpus-negative",
+        ["sweep", "sweep_ok.json", "--gpus-per-worker", "-1"],
+        "--gpus-per-worker",
+    ),
+    (
+        "sw-address-form",
+        ["sweep", "sweep_ok.json", "--out", "o", "--address", "nowhere"],
+        "HOST:PORT",
+    ),
+    (
+        "sw-address-unreachable",
+        ["sweep", "sweep_ok.json", "--out", "o", "--address", "127.0.0.1:9"],
+        "cannot reach the Ray cluster at 127.0.0.1:9",
+    ),
+    ("sw-concept-ids-repeat", ["sweep", "sweep_ids_repeat.json"], "concept_ids has repeats"),
+    ("sw-per-unit-zero", ["sweep", "sweep_per_unit.json"], "concepts_per_unit"),
     ("sw-out-is-file", ["sweep", "sweep_ok.json", "--out", "afile"], "afile"),
     (
         "sw-figures-under-file",

@@ -252,3 +252,16 @@ def test_a_folder_of_another_run_is_refused_before_any_unit(local_ray, sequentia
         execute_sweep(SweepJob(other, judge_factory=hash_judge), sequential, workers=2,
                       progress=False)  # fmt: skip
     assert len(list((sequential / "units").iterdir())) == 7  # nothing added or replaced
+
+
+def test_the_cli_without_ray_says_how_to_install_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    from prosv_lens.cli import main
+
+    config = tmp_path / "s.json"
+    config.write_text(json.dumps({"kind": "positions", "model": "tiny", "layer": 1}))
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    code = main(["sweep", str(config), "--workers", "2", "--out", str(tmp_path / "o")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "pip install 'prosv-lens[ray]'" in err
+    assert not (tmp_path / "o").exists()

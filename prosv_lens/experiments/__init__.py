@@ -5,6 +5,8 @@ never imports it): :mod:`~prosv_lens.experiments.reproduce` (``prosv reproduce``
 :mod:`~prosv_lens.experiments.demo` (``prosv demo``), :mod:`~prosv_lens.experiments.sweeps`
 (``prosv sweep``), :mod:`~prosv_lens.experiments.analysis` (``prosv analyse``) and
 :mod:`~prosv_lens.experiments.claims` (``prosv report``: the paper's claims against saved results).
+Runs split into work units (:mod:`~prosv_lens.experiments.units`) go in this process or on Ray
+workers (:mod:`~prosv_lens.experiments.ray_executor`, ``prosv sweep --workers N``).
 
 ``prosv reproduce SETTING`` (:func:`run_reproduce`) runs one row of the paper's main table —
 PrOSV and FSSV trained jointly, DiffMean and prompt baselines, AxBench-style judged steering and

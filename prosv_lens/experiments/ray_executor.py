@@ -91,7 +91,7 @@ def connect(ray: Any, *, workers: int | None, address: str | None, cpus_per_work
         RayUnavailableError: the cluster cannot be reached (names the address).
     """
     if address is not None and address != "auto":
-        _check_reachable(address)
+        check_address(address)
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR",
@@ -111,9 +111,13 @@ def connect(ray: Any, *, workers: int | None, address: str | None, cpus_per_work
     return True
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """A TCP connection to ``address`` (``[ray://]HOST:PORT``) within ``timeout`` seconds; Ray
-    itself keeps retrying an unreachable address for minutes."""
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Check that ``address`` (``[ray://]HOST:PORT``) is well formed and accepts a TCP connection
+    within ``timeout`` seconds (Ray itself keeps retrying an unreachable address for minutes).
+
+    Raises:
+        RayUnavailableError: a malformed or unreachable address (one line naming it).
+    """
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
