@@ -208,7 +208,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     for folder, sweep in run.sweeps.items():
         if len(run.sweeps) > 1:
-            _out(f"-- {folder}: {sweep['concept']}")
+            _out(f"-- {folder}: {sweep.concept}")
         _out(format_sweep(sweep))
         if len(run.sweeps) == 1:
             for path in sweep_figures(sweep, Path(args.figures), out.name + "_"):
