@@ -2,6 +2,7 @@
 judge (not a real judge): every cell is written, a rerun resumes without retraining, configs
 round-trip and validate, and the figures render from the saved sweep.json."""
 
+import dataclasses
 import json
 import shutil
 import zlib
@@ -11,6 +12,7 @@ import pytest
 import prosv_lens.experiments.sweeps as sweeps
 from prosv_lens.errors import PositionSpecError
 from prosv_lens.evaluation.judges import Judge, JudgeItem, Rating
+from prosv_lens.experiments.sweep_results import SweepResult
 from prosv_lens.experiments.sweeps import (
     HeatmapConfig,
     PositionSweepConfig,
@@ -61,19 +63,18 @@ def test_heatmap_writes_every_cell_and_resumes_without_retraining(tiny, tmp_path
     assert {(c.optimizer, c.beta, c.lr_alpha) for c in counted} == {
         (o, b, 1.0) for o in ("adam", "sgd") for b in (0.5, 2.0)
     }
-    saved = json.loads((out / "sweep.json").read_text())
-    assert saved == json.loads(json.dumps(sweep))
-    assert saved["kind"] == "heatmap" and len(saved["cells"]) == 4
-    for c in saved["cells"]:
-        assert c["diverged"] is None
-        assert (
-            c["train_config"]["beta"] == c["beta"]
-            and c["train_config"]["optimizer"] == c["optimizer"]
-        )
-        assert c["heldout_loss"] > 0 and c["train_loss_final"] > 0
-        assert c["n_answers"] == 2 and 0 <= c["scores"]["overall"]["mean"] <= 2
+    assert isinstance(sweep, SweepResult)
+    saved = SweepResult.load(out / "sweep.json")
+    assert saved == sweep
+    assert json.loads((out / "sweep.json").read_text()) == sweep.to_dict()
+    assert saved.kind == "heatmap" and len(saved.cells) == 4
+    for c in saved.cells:
+        assert c.diverged is None and c.positions is None
+        assert c.train_config["beta"] == c.beta and c.train_config["optimizer"] == c.optimizer
+        assert c.heldout_loss > 0 and c.train_loss_final > 0
+        assert c.n_answers == 2 and 0 <= c.score().mean <= 2
     # Different init scales give different vectors (the sweep really varies beta).
-    alphas = {c["alpha"] for c in saved["cells"] if c["optimizer"] == "adam"}
+    alphas = {c.alpha for c in saved.cells if c.optimizer == "adam"}
     assert len(alphas) == 2
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * (4 + 1)  # 2 answers per cell plus the unsteered baseline
@@ -82,7 +83,7 @@ def test_heatmap_writes_every_cell_and_resumes_without_retraining(tiny, tmp_path
     assert again == saved
     lines = format_sweep(saved).splitlines()
     assert len(lines) == 5 and lines[0].startswith("unsteered: held-out loss")
-    assert [line.split(":")[0] for line in lines[1:]] == [c["key"] for c in saved["cells"]]
+    assert [line.split(":")[0] for line in lines[1:]] == [c.key for c in saved.cells]
 
 
 def test_partial_sweep_resumes_only_missing_cells(tiny, tmp_path, counted):
@@ -91,21 +92,30 @@ def test_partial_sweep_resumes_only_missing_cells(tiny, tmp_path, counted):
     rows = (out / "rows.jsonl").read_bytes()
     # Pretend the run was killed before the second cell's units committed.
     job = sweeps.SweepJob(POS)
-    f2l2 = [u for u in job.units() if u.settings.get("train_config", {}).get("positions") == "f2+l2"]
+    f2l2 = [
+        u for u in job.units() if u.settings.get("train_config", {}).get("positions") == "f2+l2"
+    ]
     assert [u.kind for u in f2l2] == ["train", "eval"]
     for unit in f2l2:
         shutil.rmtree(out / "units" / unit.id)
     counted.clear()
     sweep = run_position_sweep(tiny, POS, out, HashJudge())
     assert [c.positions for c in counted] == ["f2+l2"]
-    assert [c["positions"] for c in sweep["cells"]] == ["all", "f2+l2"]
+    assert [c.positions for c in sweep.cells] == ["all", "f2+l2"]
     assert _timeless(sweep) == _timeless(first)
     assert (out / "rows.jsonl").read_bytes() == rows
 
 
-def _timeless(sweep: dict) -> dict:
-    """A sweep.json without its timings (the only part that differs between runs)."""
-    return {**sweep, "cells": [{k: v for k, v in c.items() if k != "seconds"} for c in sweep["cells"]]}
+def _timeless(sweep: SweepResult) -> SweepResult:
+    """A sweep without its timings (the only part that differs between runs)."""
+    return dataclasses.replace(
+        sweep, cells=tuple(dataclasses.replace(c, seconds={}) for c in sweep.cells)
+    )
+
+
+def saved_json(folder) -> dict:
+    """The parsed sweep.json in ``folder``."""
+    return json.loads((folder / "sweep.json").read_text())
 
 
 def test_other_config_in_out_dir_is_refused(tiny, tmp_path):
@@ -123,9 +133,17 @@ def test_diverged_cell_is_recorded_not_raised(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(sweeps, "train", exploding)
     cfg = PositionSweepConfig(specs=("f4",), **SIZES)
     sweep = run_position_sweep(tiny, cfg, tmp_path, HashJudge())
-    assert "nan" in sweep["cells"][0]["diverged"] and "scores" not in sweep["cells"][0]
+    (cell,) = sweep.cells
+    assert "nan" in cell.diverged and cell.scores is None and cell.heldout_loss is None
+    with pytest.raises(ValueError, match="diverged"):
+        cell.score()
+    # the file keeps the layout of before typed results: no measurements for a diverged cell
+    saved = json.loads((tmp_path / "sweep.json").read_text())["cells"][0]
+    assert set(saved) == {"positions", "key", "train_config", "diverged", "seconds"}
+    assert SweepResult.load(tmp_path / "sweep.json") == sweep
     assert "diverged (" in format_sweep(sweep).splitlines()[1]
     assert position_sweep_figure(sweep) is not None
+    assert position_sweep_figure(saved_json(tmp_path)) is not None
 
 
 def test_config_round_trip_and_file_loading(tmp_path):
@@ -205,7 +223,7 @@ def test_sweep_on_an_axbench_concept_and_resume_of_an_older_config(tiny, tmp_pat
     pd.DataFrame(rows).to_parquet(folder / "train_data.parquet")
     cfg = PositionSweepConfig(specs=("f2+l2",), axbench=str(folder), concept_id=0, **SIZES)
     sweep = run_position_sweep(tiny, cfg, tmp_path / "out", HashJudge())
-    assert sweep["concept"] == concept and len(counted) == 1
+    assert sweep.concept == concept and len(counted) == 1
     judged = [json.loads(x) for x in (tmp_path / "out/rows.jsonl").read_text().splitlines()]
     assert {r["concept"] for r in judged} == {concept}
     # A sweep.json saved before a config field existed resumes (the field takes its default).
@@ -228,13 +246,17 @@ def test_too_many_training_examples_is_refused(tiny, tmp_path):
 def test_figures_render_from_saved_sweeps(tiny, tmp_path):
     run_heatmap(tiny, HEAT, tmp_path / "results" / "heat", HashJudge())
     run_position_sweep(tiny, POS, tmp_path / "results" / "pos", HashJudge())
-    heat = json.loads((tmp_path / "results" / "heat" / "sweep.json").read_text())
-    pos = json.loads((tmp_path / "results" / "pos" / "sweep.json").read_text())
+    heat = SweepResult.load(tmp_path / "results" / "heat" / "sweep.json")
+    pos = SweepResult.load(tmp_path / "results" / "pos" / "sweep.json")
     fig = heatmap_figure(heat)
     assert len(fig.axes) == 2 * 2 * 2  # 2 optimizers x 2 panels, each with a colorbar
     assert len(position_sweep_figure(pos).axes) == 2
     with pytest.raises(ValueError, match="heatmap"):
         heatmap_figure(pos)
+    # the parsed JSON draws too (regenerate_figures reads it: figures cannot import results)
+    assert len(heatmap_figure(saved_json(tmp_path / "results" / "heat")).axes) == 8
+    with pytest.raises(ValueError, match="positions"):
+        position_sweep_figure(saved_json(tmp_path / "results" / "heat"))
     written = regenerate_figures(tmp_path / "results", tmp_path / "figs")
     names = {p.name for p in written}
     assert {

@@ -704,9 +704,10 @@ def _assemble(job: SweepJob, out: Path) -> dict[str, SweepResult]:
                 rows += _concept_rows(outputs[evaluated.id], sweep["concept"])
             folder = out / concept_folder(cfg, concept)
             result = SweepResult.from_dict(sweep, source=f"the units in {out}")
-            result.save(folder / SWEEP_FILE)
+            saved = result.save(folder / SWEEP_FILE)
             write_text(folder / ROWS_FILE, b"".join(rows).decode())
-            sweeps[concept_folder(cfg, concept)] = result
+            # as read back (the configs' tuples are JSON lists), so it equals a later load
+            sweeps[concept_folder(cfg, concept)] = SweepResult.load(saved)
     return sweeps
 
 
