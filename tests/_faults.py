@@ -13,11 +13,15 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from prosv_lens.concepts import ConceptData  # noqa: E402
 from prosv_lens.evaluation.judges import Judge, JudgeItem, Rating  # noqa: E402
+
+if TYPE_CHECKING:
+    from prosv_lens.experiments.sweep_results import SweepResult
 
 SEA = ConceptData(
     name="sea",
@@ -73,7 +77,7 @@ def demo_job(folder: Path, kill_at: int, **changes: object) -> Path:
     return run_demo(DemoConfig(**{**DEMO, **changes}, run=str(folder)))
 
 
-def sweep_job(folder: Path, kill_at: int, **changes: object) -> dict:
+def sweep_job(folder: Path, kill_at: int, **changes: object) -> "SweepResult":
     from prosv_lens.experiments.sweeps import PositionSweepConfig, run_sweep
     from prosv_lens.models import make_tiny_model
 

@@ -7,6 +7,7 @@ runs in a child process (``_faults.py``) that sends itself SIGKILL mid-run; the 
 and must give exactly what an uninterrupted run gives.
 """
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -118,8 +119,8 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
     assert 0 < len(done) < 7 and not (tmp_path / "sweep" / "sweep.json").exists()
     resumed = sweep_job(tmp_path / "sweep", 0)
     straight = sweep_job(tmp_path / "straight", 0)
-    strip = lambda s: [{k: v for k, v in c.items() if k != "seconds"} for c in s["cells"]]  # noqa: E731
-    assert strip(resumed) == strip(straight) and resumed["baseline"] == straight["baseline"]
+    strip = lambda s: [dataclasses.replace(c, seconds={}) for c in s.cells]  # noqa: E731
+    assert strip(resumed) == strip(straight) and resumed.baseline == straight.baseline
     assert _rows(tmp_path / "sweep") == _rows(tmp_path / "straight")
 
 
@@ -146,7 +147,7 @@ def test_a_corrupt_sweep_file_is_a_one_line_error(tmp_path):
     # sweep.json is assembled from the units on every run: a damaged copy is rebuilt
     raw = (tmp_path / "sweep.json").read_text()
     (tmp_path / "sweep.json").write_text(raw[: len(raw) // 2])
-    assert sweep_job(tmp_path, 0)["cells"] == first["cells"]
+    assert sweep_job(tmp_path, 0).cells == first.cells
     # a damaged unit result is named, in one line, not silently recomputed or mixed
     result = sorted((tmp_path / "units").glob("*/result.json"))[0]
     result.write_text(result.read_text()[:10])
