@@ -65,6 +65,7 @@ from IPython.display import display
 from prosv_lens import TrainConfig, load_model, train
 from prosv_lens.concepts import ConceptDataError, load_axbench_concept, load_builtin_concept
 from prosv_lens.directions import resid_post
+from prosv_lens.experiments.sweep_results import SweepResult
 from prosv_lens.figures import heatmap_figure, training_curves_figure
 from prosv_lens.figures.style import save
 from prosv_lens.prompts import encode_prompts
@@ -197,13 +198,16 @@ for name in ("heatmap_axbench", "heatmap_medium"):
         print(f"no saved sweep at {sweep_file}: run `prosv sweep configs/{name}.json` from the "
               "repository root (or set PROSV_RESULTS)")  # fmt: skip
         continue
-    sweep = json.loads(sweep_file.read_text())
+    sweep = SweepResult.load(sweep_file)
     fig = heatmap_figure(sweep)
     print("saved", [str(p) for p in save(fig, OUT / name)])
     display(fig)
-    best = min((c for c in sweep["cells"] if not c["diverged"]), key=lambda c: c["heldout_loss"])
-    print(f"{sweep['concept']!r}: {len(sweep['cells'])} cells; lowest held-out loss "
-          f"{best['heldout_loss']:.3f} at {best['key']}; unsteered {sweep['baseline']['heldout_loss']:.3f}")  # fmt: skip
+    best = min((c for c in sweep.cells if not c.diverged), key=lambda c: c.heldout_loss)
+    base = "none" if sweep.baseline is None else f"{sweep.baseline.heldout_loss:.3f}"
+    print(
+        f"{sweep.concept!r}: {len(sweep.cells)} cells; lowest held-out loss "
+        f"{best.heldout_loss:.3f} at {best.key}; unsteered {base}"
+    )
 
 # %% [markdown]
 # ## 5. What this shows, and what it does not
