@@ -28,7 +28,7 @@ from prosv_lens.experiments.sweeps import (  # noqa: E402
     SweepJob,
     execute_sweep,
 )
-from prosv_lens.experiments.units import UnitStore, WorkUnit, check_units  # noqa: E402
+from prosv_lens.experiments.units import UnitStore, WorkUnit, check_units, compare_runs  # noqa: E402
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get these judges
 
@@ -83,24 +83,11 @@ def _timeless(folder: Path) -> dict:
 
 
 def _same_files(a: Path, b: Path) -> None:
-    """Same sweep (timings aside), same judged rows, same unit results and vectors."""
+    """Same sweep (timings aside), same judged rows, same unit results and vectors, bit for bit."""
     assert _timeless(a) == _timeless(b)
     assert (a / "rows.jsonl").read_bytes() == (b / "rows.jsonl").read_bytes()
-    units_a, units_b = sorted((a / "units").iterdir()), sorted((b / "units").iterdir())
-    assert [u.name for u in units_a] == [u.name for u in units_b]
-    for ua, ub in zip(units_a, units_b, strict=True):
-        assert (ua / "DONE").exists() and (ub / "DONE").exists()
-        for f in ua.iterdir():
-            if f.name not in ("DONE", "timing.json", "result.json"):
-                assert f.read_bytes() == (ub / f.name).read_bytes(), f
-        ra, rb = (json.loads((u / "result.json").read_text()) for u in (ua, ub))
-        assert _timeless_result(ra) == _timeless_result(rb)
-
-
-def _timeless_result(result: dict) -> dict:
-    return {
-        c: {k: v for k, v in d.items() if k != "seconds"} for c, d in result["concepts"].items()
-    }
+    assert compare_runs(a, b) == []
+    assert all((u / "DONE").exists() for u in (b / "units").iterdir())
 
 
 def _rows(folder: Path) -> list[tuple]:
@@ -265,3 +252,24 @@ def test_the_cli_without_ray_says_how_to_install_and_writes_nothing(monkeypatch,
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert "pip install 'prosv-lens[ray]'" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_runs_names_what_differs(sequential, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sequential / "units", copy / "units")
+    assert compare_runs(sequential, copy) == []
+    key = "heldout_loss"  # in the baseline's and every training unit's result
+    result = next(p for p in sorted((copy / "units").glob("*/result.json")) if key in p.read_text())
+    data = json.loads(result.read_text())
+    concept = next(iter(data["concepts"].values()))
+    concept[key] *= 1 + 1e-7
+    result.write_text(json.dumps(data))
+    assert compare_runs(sequential, copy, rtol=1e-5) == []
+    (diff,) = compare_runs(sequential, copy)
+    assert diff.startswith(f"{result.parent.name}/result.json.concepts.") and key in diff
+    shutil.rmtree(result.parent)
+    assert compare_runs(sequential, copy, rtol=1e-5) == [
+        f"unit {result.parent.name} only in {sequential}"
+    ]

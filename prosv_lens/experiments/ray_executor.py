@@ -94,8 +94,12 @@ def connect(ray: Any, *, workers: int | None, address: str | None, cpus_per_work
         check_address(address)
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR",
-                              "log_to_driver": False, "configure_logging": True}  # fmt: skip
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": "ERROR",
+        "log_to_driver": False,
+        "configure_logging": True,
+    }
     try:
         if address is not None:
             ray.init(address=address, **kwargs)

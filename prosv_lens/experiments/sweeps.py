@@ -131,8 +131,12 @@ def _common_checks(cfg: Any) -> None:
         f"n_heldout must be >= 1 or None, got {cfg.n_heldout}",
     )
     _check(cfg.n_eval >= 1, f"n_eval must be >= 1, got {cfg.n_eval}")
-    _check(cfg.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")  # fmt: skip
-    picks = {"concept_id": cfg.concept_id, "concept_ids": cfg.concept_ids, "n_concepts": cfg.n_concepts}
+    _check(cfg.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
+    picks = {
+        "concept_id": cfg.concept_id,
+        "concept_ids": cfg.concept_ids,
+        "n_concepts": cfg.n_concepts,
+    }
     chosen = [k for k, v in picks.items() if v is not None]
     _check(
         (cfg.axbench is None and not chosen) or (cfg.axbench is not None and len(chosen) == 1),
@@ -142,18 +146,28 @@ def _common_checks(cfg: Any) -> None:
     )
     if cfg.concept_ids is not None:
         ids = cfg.concept_ids
-        _check(bool(ids) and min(ids) >= 0, f"concept_ids must be a non-empty list of ids >= 0, got {ids!r}")
+        _check(
+            bool(ids) and min(ids) >= 0,
+            f"concept_ids must be a non-empty list of ids >= 0, got {ids!r}",
+        )
         _check(len(set(ids)) == len(ids), f"concept_ids has repeats {ids!r}")
-    _check(cfg.n_concepts is None or cfg.n_concepts >= 1, f"n_concepts must be >= 1, got {cfg.n_concepts}")
-    _check(cfg.concepts_per_unit >= 1, f"concepts_per_unit must be >= 1, got {cfg.concepts_per_unit}")
+    _check(
+        cfg.n_concepts is None or cfg.n_concepts >= 1,
+        f"n_concepts must be >= 1, got {cfg.n_concepts}",
+    )
+    _check(
+        cfg.concepts_per_unit >= 1, f"concepts_per_unit must be >= 1, got {cfg.concepts_per_unit}"
+    )
 
 
 def _from_dict(cls: "type[_SweepConfig]", data: dict[str, Any]) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known - {"kind"}
     _check(not unknown, f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
-    _check(data.get("kind", cls.kind) == cls.kind,
-           f"{cls.__name__} needs kind {cls.kind!r}, got {data.get('kind')!r}")  # fmt: skip
+    _check(
+        data.get("kind", cls.kind) == cls.kind,
+        f"{cls.__name__} needs kind {cls.kind!r}, got {data.get('kind')!r}",
+    )
     kinds = {f.name: f.type for f in fields(cls)}
     values = {k: _from_json(v, kinds[k]) for k, v in data.items() if k != "kind"}
     for k, v in values.items():  # before the constructor, whose arguments may be type-checked
@@ -231,22 +245,37 @@ class HeatmapConfig(_SweepConfig):
         PositionSpec.parse(self.positions)
         for name in ("betas", "lr_alphas"):
             values = getattr(self, name)
-            _check(bool(values) and all(math.isfinite(x) and x > 0 for x in values),
-                   f"{name} must be a non-empty list of finite values > 0, got {values!r}")  # fmt: skip
+            _check(
+                bool(values) and all(math.isfinite(x) and x > 0 for x in values),
+                f"{name} must be a non-empty list of finite values > 0, got {values!r}",
+            )
             _check(len(set(values)) == len(values), f"{name} has repeated values {values!r}")
-        _check(bool(self.optimizers) and set(self.optimizers) <= set(OPTIMIZERS),
-               f"optimizers must be a non-empty subset of {OPTIMIZERS}, got {self.optimizers!r}")  # fmt: skip
+        _check(
+            bool(self.optimizers) and set(self.optimizers) <= set(OPTIMIZERS),
+            f"optimizers must be a non-empty subset of {OPTIMIZERS}, got {self.optimizers!r}",
+        )
 
     def cells(self) -> list[tuple[str, TrainConfig, dict[str, Any]]]:
         """``(key, train config, labels)`` per cell, optimizer-major then beta then lr_alpha."""
         return [
-            (f"{opt} beta={b:g} lr_alpha={lr:g}",
-             TrainConfig.prosv(self.layer, positions=self.positions, beta=float(b),
-                               lr_alpha=float(lr), optimizer=opt, epochs=self.epochs,
-                               batch_size=self.batch_size, seed=self.seed),
-             {"optimizer": opt, "beta": float(b), "lr_alpha": float(lr)})
-            for opt in self.optimizers for b in self.betas for lr in self.lr_alphas
-        ]  # fmt: skip
+            (
+                f"{opt} beta={b:g} lr_alpha={lr:g}",
+                TrainConfig.prosv(
+                    self.layer,
+                    positions=self.positions,
+                    beta=float(b),
+                    lr_alpha=float(lr),
+                    optimizer=opt,
+                    epochs=self.epochs,
+                    batch_size=self.batch_size,
+                    seed=self.seed,
+                ),
+                {"optimizer": opt, "beta": float(b), "lr_alpha": float(lr)},
+            )
+            for opt in self.optimizers
+            for b in self.betas
+            for lr in self.lr_alphas
+        ]
 
 
 @dataclass(frozen=True)
@@ -272,10 +301,19 @@ class PositionSweepConfig(_SweepConfig):
         """``(key, train config, labels)`` per position spec, in ``specs`` order."""
         make = TrainConfig.prosv if self.preset == "prosv" else TrainConfig.fssv
         return [
-            (spec, make(self.layer, positions=spec, epochs=self.epochs,
-                        batch_size=self.batch_size, seed=self.seed), {"positions": spec})
+            (
+                spec,
+                make(
+                    self.layer,
+                    positions=spec,
+                    epochs=self.epochs,
+                    batch_size=self.batch_size,
+                    seed=self.seed,
+                ),
+                {"positions": spec},
+            )
             for spec in self.specs
-        ]  # fmt: skip
+        ]
 
 
 SweepConfig = HeatmapConfig | PositionSweepConfig
@@ -297,8 +335,10 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
     text = read_text_file(path, what=what, error=SweepError)
     data = parse_json_text(text, path, fix=fix, error=SweepError)
     _check(isinstance(data, dict), f"{path} holds a JSON {json_type(data)}, not an object: {fix}")
-    _check(isinstance(data, dict) and data.get("kind") in CONFIG_KINDS,
-           f"{path}: a sweep config needs \"kind\" set to one of {sorted(CONFIG_KINDS)}")  # fmt: skip
+    _check(
+        isinstance(data, dict) and data.get("kind") in CONFIG_KINDS,
+        f'{path}: a sweep config needs "kind" set to one of {sorted(CONFIG_KINDS)}',
+    )
     return CONFIG_KINDS[data["kind"]].from_dict(data)
 
 
@@ -372,7 +412,9 @@ class SweepJob:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_model=None, _judge=None, _data={}, _load_seconds=0.0)  # each worker loads its own
+        state.update(
+            _model=None, _judge=None, _data={}, _load_seconds=0.0
+        )  # each worker loads its own
         return state
 
     def blocks(self) -> list[tuple[int | str, ...]]:
@@ -390,7 +432,9 @@ class SweepJob:
             where = f" / concept {block[0]}" + (f"..{block[-1]}" if len(block) > 1 else "")
             units.append(WorkUnit("baseline", {**base, **judged}, label=f"unsteered{where}"))
             for key, tc, _ in cfg.cells():
-                trained = WorkUnit("train", {**base, "train_config": tc.to_dict()}, f"train {key}{where}")
+                trained = WorkUnit(
+                    "train", {**base, "train_config": tc.to_dict()}, f"train {key}{where}"
+                )
                 units.append(trained)
                 settings = {**base, **judged, "key": key, "train_config": tc.to_dict()}
                 units.append(WorkUnit("eval", settings, f"eval {key}{where}", (trained.id,)))
@@ -438,6 +482,7 @@ class SweepJob:
         weights, data, judge, package version) for ``inputs.json``."""
         model, judge = self._load()
         data = {str(c): data_hash(self._concept(c)) for c in self._concepts}
+        self._load_seconds = 0.0  # counted in the run's start-up, not in its first unit
         return {
             "model": model_fingerprint(model),
             "data": data,
@@ -468,17 +513,29 @@ class SweepJob:
     def _eval_setup(self) -> tuple[list, EvalConfig]:
         cfg = self.cfg
         instructions = builtin_instructions("eval")
-        _check(cfg.n_eval <= len(instructions), f"n_eval={cfg.n_eval} > {len(instructions)} eval instructions")  # fmt: skip
-        eval_cfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.n_eval, seed=cfg.seed)  # fmt: skip
+        _check(
+            cfg.n_eval <= len(instructions),
+            f"n_eval={cfg.n_eval} > {len(instructions)} eval instructions",
+        )
+        eval_cfg = EvalConfig(
+            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.n_eval, seed=cfg.seed
+        )
         return list(tasks_from(instructions[: cfg.n_eval])), eval_cfg
 
-    def _baseline(self, model: LoadedModel, judge: Judge, concept: int | str, log: ResultLog) -> dict:
+    def _baseline(
+        self, model: LoadedModel, judge: Judge, concept: int | str, log: ResultLog
+    ) -> dict:
         data, _, held_out = self._parts(concept)
         tasks, eval_cfg = self._eval_setup()
-        rows = evaluate_steering(model, data.name, [Method.unsteered()], tasks, judge, log, eval_cfg,
-                                 split=False)  # fmt: skip
+        rows = evaluate_steering(
+            model, data.name, [Method.unsteered()], tasks, judge, log, eval_cfg, split=False
+        )
         loss = response_loss(model, held_out, None, layer=self.cfg.layer)
-        return {"concept": data.name, "heldout_loss": float(loss.mean()), **_scores(rows, "unsteered")}
+        return {
+            "concept": data.name,
+            "heldout_loss": float(loss.mean()),
+            **_scores(rows, "unsteered"),
+        }
 
     def _train(self, model: LoadedModel, concept: int | str, unit: WorkUnit, tmp: Path) -> dict:
         _, train_part, held_out = self._parts(concept)
@@ -493,14 +550,21 @@ class SweepJob:
         save_vector(vec, tmp / f"vector_{concept}")
         steps = result.logs[train_part.name]
         last = [s["loss"] for s in steps if s["epoch"] == steps[-1]["epoch"]]
-        held = float(response_loss(model, held_out, vec, layer=tc.layer,
-                                   max_response_tokens=tc.max_response_tokens).mean())  # fmt: skip
+        held = float(
+            response_loss(
+                model, held_out, vec, layer=tc.layer, max_response_tokens=tc.max_response_tokens
+            ).mean()
+        )
         return {
-            "diverged": None, "train_loss_first": steps[0]["loss"],
-            "train_loss_final": sum(last) / len(last), "heldout_loss": held,
-            "alpha": float(vec.alpha), "v_norm": float(vec.v.detach().norm()), "steps": result.steps,
+            "diverged": None,
+            "train_loss_first": steps[0]["loss"],
+            "train_loss_final": sum(last) / len(last),
+            "heldout_loss": held,
+            "alpha": float(vec.alpha),
+            "v_norm": float(vec.v.detach().norm()),
+            "steps": result.steps,
             "seconds": {"train": t_train, "heldout": time.perf_counter() - t0 - t_train},
-        }  # fmt: skip
+        }
 
     def _eval(
         self,
@@ -523,9 +587,21 @@ class SweepJob:
         key = unit.settings["key"]
         tasks, eval_cfg = self._eval_setup()
         t0 = time.perf_counter()
-        rows = evaluate_steering(model, train_part.name, [Method.vector(key, vec)], tasks, judge,
-                                 log, eval_cfg, split=False)  # fmt: skip
-        return {"diverged": None, **_scores(rows, key), "seconds": {"eval": time.perf_counter() - t0}}
+        rows = evaluate_steering(
+            model,
+            train_part.name,
+            [Method.vector(key, vec)],
+            tasks,
+            judge,
+            log,
+            eval_cfg,
+            split=False,
+        )
+        return {
+            "diverged": None,
+            **_scores(rows, key),
+            "seconds": {"eval": time.perf_counter() - t0},
+        }
 
 
 @dataclass
@@ -577,8 +653,11 @@ def run_sweep(
             failed (its error is named; the completed units are kept).
         RunMismatchError, OutputError: as :func:`execute_sweep`.
     """
-    _check(len(sweep_concepts(cfg)) == 1, "this sweep covers several concepts: run it with "
-           "execute_sweep(SweepJob(cfg, ...), out_dir), which returns one sweep per concept")  # fmt: skip
+    _check(
+        len(sweep_concepts(cfg)) == 1,
+        "this sweep covers several concepts: run it with "
+        "execute_sweep(SweepJob(cfg, ...), out_dir), which returns one sweep per concept",
+    )
     run = execute_sweep(SweepJob(cfg, model=model, judge=judge), out_dir, progress=False)
     if run.summary.failed:
         raise SweepError(run.summary.format())
@@ -629,8 +708,11 @@ def execute_sweep(
         def before(inputs: dict[str, Any]) -> None:
             check_fingerprint(out, inputs, name="inputs.json", other="a new out_dir")
             if not (out / RUN_FILE).exists():
-                info = {"config": cfg.to_dict(), "model": inputs["model"]["model_id"],
-                        "judge": inputs["judge"]}  # fmt: skip
+                info = {
+                    "config": cfg.to_dict(),
+                    "model": inputs["model"]["model_id"],
+                    "judge": inputs["judge"],
+                }
                 write_json(out / RUN_FILE, info)
 
         summary = execute_units(
@@ -661,8 +743,11 @@ def _check_folder(out: Path, cfg: SweepConfig) -> None:
         same = isinstance(saved, dict) and type(cfg).from_dict(saved["config"]) == cfg
     except (SweepError, KeyError, TypeError, ValueError):
         same = False
-    _check(same, f"{out} holds a sweep of another config: use a new out_dir (or delete the "
-           "folder to start over)")  # fmt: skip
+    _check(
+        same,
+        f"{out} holds a sweep of another config: use a new out_dir (or delete the "
+        "folder to start over)",
+    )
 
 
 def _assemble(job: SweepJob, out: Path) -> dict[str, SweepResult]:
@@ -681,10 +766,15 @@ def _assemble(job: SweepJob, out: Path) -> dict[str, SweepResult]:
         for concept in block:
             c = str(concept)
             sweep: dict[str, Any] = {
-                "kind": cfg.kind, "config": cfg.to_dict(), "model": info["model"],
-                "judge": info["judge"], "concept": baseline.result["concepts"][c]["concept"]
-                if baseline else str(concept), "layer": cfg.layer, "baseline": None, "cells": [],
-            }  # fmt: skip
+                "kind": cfg.kind,
+                "config": cfg.to_dict(),
+                "model": info["model"],
+                "judge": info["judge"],
+                "concept": baseline.result["concepts"][c]["concept"] if baseline else str(concept),
+                "layer": cfg.layer,
+                "baseline": None,
+                "cells": [],
+            }
             rows: list[bytes] = []
             if baseline is not None:
                 b = dict(baseline.result["concepts"][c])
@@ -699,7 +789,14 @@ def _assemble(job: SweepJob, out: Path) -> dict[str, SweepResult]:
                 t = outputs[trained.id].result["concepts"][c]
                 e = outputs[evaluated.id].result["concepts"][c]
                 seconds = {**t["seconds"], **e.get("seconds", {})}
-                cell = {**labels, "key": key, "train_config": tc.to_dict(), **t, **e, "seconds": seconds}
+                cell = {
+                    **labels,
+                    "key": key,
+                    "train_config": tc.to_dict(),
+                    **t,
+                    **e,
+                    "seconds": seconds,
+                }
                 sweep["cells"].append(cell)
                 rows += _concept_rows(outputs[evaluated.id], sweep["concept"])
             folder = out / concept_folder(cfg, concept)
@@ -720,8 +817,10 @@ def _concept_rows(output: UnitOutput, concept: str) -> list[bytes]:
 def _scores(rows: Sequence[dict], method: str) -> dict[str, Any]:
     (score,) = [s for s in summarize(rows) if s.method == method]
     d = score.to_dict()
-    return {"scores": {k: d[k] for k in ("concept", "instruct", "fluency", "overall")},
-            "n_answers": score.n_answers}  # fmt: skip
+    return {
+        "scores": {k: d[k] for k in ("concept", "instruct", "fluency", "overall")},
+        "n_answers": score.n_answers,
+    }
 
 
 def format_sweep(sweep: SweepResult) -> str:
@@ -729,8 +828,10 @@ def format_sweep(sweep: SweepResult) -> str:
     base = sweep.baseline
     lines = []
     if base is not None:
-        lines.append(f"unsteered: held-out loss {base.heldout_loss:.3f}, "
-                     f"overall {base.scores['overall'].mean:.3f}")  # fmt: skip
+        lines.append(
+            f"unsteered: held-out loss {base.heldout_loss:.3f}, "
+            f"overall {base.scores['overall'].mean:.3f}"
+        )
     for c in sweep.cells:
         if c.diverged:
             lines.append(f"{c.key}: diverged ({c.diverged})")
@@ -741,5 +842,5 @@ def format_sweep(sweep: SweepResult) -> str:
             f"held-out {c.heldout_loss:.3f}, alpha {c.alpha:.1f}, overall {o.mean:.3f} "
             f"[{o.low:.3f}, {o.high:.3f}], concept {c.score('concept').mean:.3f}, "
             f"{s['train']:.0f} s train + {s['eval']:.0f} s eval"
-        )  # fmt: skip
+        )
     return "\n".join(lines)

@@ -439,3 +439,66 @@ def execute_units(
         gpus_per_worker=gpus_per_worker,
         progress=progress,
     )
+
+
+def compare_runs(a: str | Path, b: str | Path, *, rtol: float = 0.0) -> list[str]:
+    """Where two run folders' completed units differ (an empty list: the same results).
+
+    Every unit folder of either run is compared: the same ids, binary files (vectors) byte for
+    byte, and ``result.json`` and ``*.jsonl`` files value by value, numbers within ``rtol``
+    relative tolerance; timings (``timing.json`` and every ``seconds`` field) are ignored.
+
+    Two executions of one run give the same answers, vectors and scores, but a float computed
+    on a CPU (e.g. an embedding model's cosine) can differ in its last digits (~1e-7) between
+    processes with another number of threads: compare such runs with ``rtol=1e-5``.
+    """
+    a, b = Path(a) / UNITS_DIR, Path(b) / UNITS_DIR
+    ids_a = {p.name for p in a.iterdir() if not p.name.startswith(".")} if a.exists() else set()
+    ids_b = {p.name for p in b.iterdir() if not p.name.startswith(".")} if b.exists() else set()
+    found = [f"unit {u} only in {a.parent}" for u in sorted(ids_a - ids_b)]
+    found += [f"unit {u} only in {b.parent}" for u in sorted(ids_b - ids_a)]
+    for uid in sorted(ids_a & ids_b):
+        names = {p.name for p in (a / uid).iterdir()} | {p.name for p in (b / uid).iterdir()}
+        for name in sorted(names - {TIMING_FILE, DONE_FILE}):
+            fa, fb = a / uid / name, b / uid / name
+            if not (fa.exists() and fb.exists()):
+                found.append(f"{uid}/{name} missing on one side")
+            elif name.endswith(".json"):
+                found += _value_differences(
+                    json.loads(fa.read_text()), json.loads(fb.read_text()), f"{uid}/{name}", rtol
+                )
+            elif name.endswith(".jsonl"):
+                rows_a, rows_b = fa.read_text().splitlines(), fb.read_text().splitlines()
+                if len(rows_a) != len(rows_b):
+                    found.append(f"{uid}/{name}: {len(rows_a)} vs {len(rows_b)} rows")
+                for i, (ra, rb) in enumerate(zip(rows_a, rows_b, strict=False)):
+                    found += _value_differences(
+                        json.loads(ra), json.loads(rb), f"{uid}/{name}:{i + 1}", rtol
+                    )
+            elif fa.read_bytes() != fb.read_bytes():
+                found.append(f"{uid}/{name} differs")
+    return found
+
+
+def _value_differences(x: Any, y: Any, where: str, rtol: float) -> list[str]:
+    """Dotted paths where two JSON values differ (numbers within ``rtol``; ``seconds`` ignored)."""
+    if isinstance(x, dict) and isinstance(y, dict):
+        keys = (set(x) | set(y)) - {"seconds"}
+        return [
+            d
+            for k in sorted(keys)
+            for d in _value_differences(x.get(k), y.get(k), f"{where}.{k}", rtol)
+        ]
+    if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+        return [
+            d
+            for i, (p, q) in enumerate(zip(x, y, strict=True))
+            for d in _value_differences(p, q, f"{where}[{i}]", rtol)
+        ]
+    numbers = (int, float)
+    if isinstance(x, numbers) and isinstance(y, numbers) and not isinstance(x, bool):
+        if x == y or abs(x - y) <= rtol * max(abs(x), abs(y)):
+            return []
+    elif x == y:
+        return []
+    return [f"{where}: {x!r} vs {y!r}"]

@@ -1,15 +1,13 @@
 """A small real sweep on SmolLM2-135M-Instruct with the offline judge (MiniLM + SmolLM2 fluency),
 run in this process and on 2 local Ray workers: the same cells, scores and judged answers."""
 
-import json
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("ray", reason="the Ray tests need the ray extra (bash install.sh installs it)")
 
 from prosv_lens.evaluation.offline_judge import OfflineJudge  # noqa: E402
 from prosv_lens.experiments.sweeps import PositionSweepConfig, SweepJob, execute_sweep  # noqa: E402
+from prosv_lens.experiments.units import compare_runs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -17,12 +15,6 @@ CONFIG = PositionSweepConfig(
     model="smollm2-135m-instruct", layer=12, specs=("all", "f2+l2"), epochs=1, batch_size=8,
     n_train=8, n_heldout=4, n_eval=2, max_new_tokens=8,
 )  # fmt: skip
-
-
-def _timeless(folder: Path) -> dict:
-    sweep = json.loads((folder / "sweep.json").read_text())
-    sweep["cells"] = [{k: v for k, v in c.items() if k != "seconds"} for c in sweep["cells"]]
-    return sweep
 
 
 def test_two_ray_workers_on_smollm2_give_the_in_process_results(smol, tmp_path):
@@ -35,7 +27,10 @@ def test_two_ray_workers_on_smollm2_give_the_in_process_results(smol, tmp_path):
     ray_run = execute_sweep(SweepJob(CONFIG), tmp_path / "ray", workers=2, progress=False)
     assert ray_run.summary.complete and ray_run.summary.ran == 5 and ray_run.summary.workers == 2
     assert ray_run.summary.load_seconds > 0  # each worker loaded the real model itself
-    assert _timeless(tmp_path / "here") == _timeless(tmp_path / "ray")
     rows = (tmp_path / "ray" / "rows.jsonl").read_text().splitlines()
     assert len(rows) == 2 * 3  # 2 judged answers for the baseline and each cell
-    assert (tmp_path / "here" / "rows.jsonl").read_text().splitlines() == rows
+    # Same vectors (bytes), answers, losses and scores; MiniLM's cosines may differ in their
+    # last digits between a 2-thread process and 1-thread workers (docs/ray.md).
+    assert compare_runs(tmp_path / "here", tmp_path / "ray", rtol=1e-5) == []
+    exact = compare_runs(tmp_path / "here", tmp_path / "ray")
+    assert all("judge_details" in d for d in exact), exact
