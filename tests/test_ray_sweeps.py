@@ -2,6 +2,7 @@
 rule-based test judge; not a mock of Ray): the same files as the in-process run, a worker killed
 with SIGKILL mid-unit, a driver killed with SIGKILL, a unit failing on bad data, and bad input."""
 
+import contextlib
 import functools
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 ray = pytest.importorskip(
     "ray", reason="the Ray tests need the ray extra (bash install.sh installs it)"
@@ -59,6 +61,17 @@ def hash_judge(model, die_once: str | None = None) -> Judge:  # noqa: ANN001
     return HashJudge(die_once)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread for the block (the Ray workers' default, ``--cpus-per-worker 1``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray instance (2 CPUs) for the module; the executor joins it."""
@@ -71,7 +84,8 @@ def local_ray():
 def sequential(tmp_path_factory) -> Path:
     """The reference: the same sweep in this process, one unit after another."""
     out = tmp_path_factory.mktemp("sequential")
-    run = execute_sweep(SweepJob(POS, judge_factory=hash_judge), out, progress=False)
+    with one_thread():  # as each 1-core worker: CPU float rounding depends on the thread count
+        run = execute_sweep(SweepJob(POS, judge_factory=hash_judge), out, progress=False)
     assert run.summary.complete and run.summary.ran == 7
     return out
 
@@ -156,8 +170,10 @@ def test_a_killed_driver_is_resumed_by_rerunning_the_same_command(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(out.glob("units/*/DONE"))) == 13 and not list(out.glob("units/.tmp-*"))
     cfg = PositionSweepConfig(specs=("all", "f2+l2", "l2", "f4", "l4", "f4+l4"), **SIZES)
-    straight = execute_sweep(SweepJob(cfg, judge_factory=hash_judge), tmp_path / "straight",
-                             progress=False)  # fmt: skip
+    with one_thread():
+        straight = execute_sweep(
+            SweepJob(cfg, judge_factory=hash_judge), tmp_path / "straight", progress=False
+        )
     assert straight.summary.ran == 13
     _same_files(tmp_path / "straight", out)
 

@@ -108,7 +108,11 @@ class OfflineJudgeConfig:
 
     Attributes:
         max_sentences: sentences scored per response (the first ones).
-        embed_batch_size: texts per embedding batch.
+        embed_batch_size: texts per embedding batch. 1 (the default) makes each text's embedding
+            independent of the texts encoded with it (a padded batch changes the float rounding
+            by ~1e-7), so a judged row does not depend on what the judge embedded before, e.g.
+            on which worker of a sweep judged it. Batches of 1 cost ~1.3x the time of batches
+            of 32 for MiniLM on a CPU.
         nll_batch_size: responses per reference-model forward pass.
         max_response_tokens: response tokens scored for NLL (longer ones are truncated).
         nll_thresholds: NLL 1|2 and 0|1 boundaries; ``None`` uses the fitted
@@ -116,7 +120,7 @@ class OfflineJudgeConfig:
     """
 
     max_sentences: int = 40
-    embed_batch_size: int = 64
+    embed_batch_size: int = 1
     nll_batch_size: int = 8
     max_response_tokens: int = 256
     nll_thresholds: tuple[float, float] | None = None
