@@ -482,7 +482,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     summary = run_reproduce(cfg, device=device, log=_progress)
     _out(format_summary(summary))
-    _out(f"results: {cfg.out} ({summary['seconds']:.0f} s)")
+    _out(f"results: {cfg.out} ({summary.seconds:.0f} s)")
     return 0
 
 

@@ -30,6 +30,12 @@ from prosv_lens.evaluation.steering_eval import (
 )
 from prosv_lens.experiments.demo_report import parse_failure_lines
 from prosv_lens.experiments.report import build_summary, format_summary
+from prosv_lens.experiments.reproduce_results import (
+    ConceptResult,
+    SavedMethodScore,
+    UnsteeredUtility,
+    UtilityResult,
+)
 from prosv_lens.experiments.settings import get_setting
 from prosv_lens.interventions import SteeringVector
 
@@ -205,16 +211,21 @@ def test_a_few_unparseable_replies_are_counted_and_reported(tiny, endpoint, judg
     assert line.startswith("- steering: 2 of 24 judge replies (8.3%) could not be parsed")
     assert "instruct 2" in line
 
-    est = scores[0].overall.to_dict()
-    utility = {"prosv": {"accuracy": est, "kl": est}}
+    est = scores[0].overall
     results = [
-        {
-            "concept_id": 0,
-            "concept": "tea",
-            "alphas": {"prosv": 2.0},
-            "utility": utility,
-            "scores": [s.to_dict() for s in scores],
-        }
+        ConceptResult(
+            concept_id=0,
+            concept="tea",
+            genre="text",
+            data_sha256="0" * 64,
+            diffmean_factor=None,
+            scores=tuple(SavedMethodScore.of(s) for s in scores),
+            alphas={"prosv": 2.0},
+            v_norms={},
+            train={},
+            utility={"prosv": UtilityResult(est, est)},
+            seconds={},
+        )
     ]
     fingerprint = {
         "model": tiny.model_id,
@@ -224,10 +235,11 @@ def test_a_few_unparseable_replies_are_counted_and_reported(tiny, endpoint, judg
         "judge": "fake-judge",
     }
     summary = build_summary(
-        get_setting("smollm2-l12"), fingerprint, results, rows, {"accuracy": None}
+        get_setting("smollm2-l12"), fingerprint, results, rows, UnsteeredUtility(est)
     )
-    assert summary["judge_parse_failures"]["failed"] == 2
-    assert summary["methods"][0]["parse_failures"]["failed"] == 1
+    assert summary.judge_parse_failures is not None and summary.judge_parse_failures.failed == 2
+    first = summary.methods[0].parse_failures
+    assert first is not None and first.failed == 1
     text = format_summary(summary)
     assert "Judge: 2 of 24 judge replies (8.3%) could not be parsed" in text
     assert "| 8.3% (1/12) |" in text

@@ -12,6 +12,11 @@ For a :class:`~prosv_lens.experiments.settings.Setting` and its AxBench Concept1
    and KL damage under each method, :mod:`prosv_lens.evaluation.utility`);
 3. a **summary** over the concepts (``summary.json`` + ``summary.md``).
 
+The saved results are typed (:mod:`prosv_lens.experiments.reproduce_results`): ``result.json``
+is a :class:`~prosv_lens.experiments.reproduce_results.ConceptResult`, ``utility.json`` a
+:class:`~prosv_lens.experiments.reproduce_results.ConceptUtility`, ``summary.json`` a
+:class:`~prosv_lens.experiments.reproduce_results.ReproduceSummary`.
+
 Everything lands in one folder (default ``results/reproduce/<setting>``), each piece written
 atomically: ``fingerprint.json`` (what produced the results; a different one is refused),
 ``concepts/<id>/`` (``concept.json`` with the data hash, ``vectors/``, ``rows.jsonl`` — judged
@@ -71,6 +76,13 @@ from prosv_lens.experiments.preflight import (
     train_config,
 )
 from prosv_lens.experiments.report import build_summary, concept_result, format_summary
+from prosv_lens.experiments.reproduce_results import (
+    ConceptResult,
+    ConceptUtility,
+    ReproduceSummary,
+    UnsteeredUtility,
+    UtilityResult,
+)
 from prosv_lens.experiments.run_folder import (
     check_fingerprint,
     claim_folder,
@@ -118,8 +130,9 @@ def run_reproduce(
     device: DeviceInfo | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
-) -> dict:
-    """Run (or resume) ``cfg``; returns the summary (also in ``summary.json`` / ``summary.md``).
+) -> ReproduceSummary:
+    """Run (or resume) ``cfg``; returns the summary (also in ``summary.json`` / ``summary.md``),
+    as read back from ``summary.json``.
 
     Args:
         cfg: what to run.
@@ -178,9 +191,8 @@ def run_reproduce(
         ]
         summary = build_summary(
             cfg.setting, read_json(out / "fingerprint.json"), results, rows, unsteered
-        )
-        summary["seconds"] = round(time.perf_counter() - t0, 1)
-        write_json(out / "summary.json", summary)
+        ).with_seconds(round(time.perf_counter() - t0, 1))
+        summary = ReproduceSummary.load(summary.save(out / "summary.json"))
         write_text(out / "summary.md", format_summary(summary))
         bar.bar.close()
         return summary
@@ -234,16 +246,17 @@ def _train_pending(
     say(f"trained {kind} for {len(todo)} concepts in {result.seconds:.0f} s")
 
 
-def _unsteered_utility(cfg: ReproduceConfig, model: LoadedModel, out: Path, items: list) -> dict:
+def _unsteered_utility(
+    cfg: ReproduceConfig, model: LoadedModel, out: Path, items: list
+) -> UnsteeredUtility:
     path = out / "shared" / "utility_unsteered.json"
-    if (done := read_json(path)) is not None:
-        return done
+    if path.exists():
+        return UnsteeredUtility.load(path)
     ucfg = UtilityConfig(
         max_new_tokens=cfg.run_sizes.utility_tokens, batch_size=cfg.run_sizes.utility_batch_size
     )
-    result = {"accuracy": evaluate_utility(model, None, items, ucfg).accuracy.to_dict(), "kl": None}
-    write_json(path, result)
-    return result
+    result = UnsteeredUtility(evaluate_utility(model, None, items, ucfg).accuracy)
+    return UnsteeredUtility.load(result.save(path))
 
 
 def _vectors(
@@ -275,9 +288,10 @@ def _concept(
     bar: _Bar,
     label: str,
     say: Callable[[str], None],
-) -> dict:
+) -> ConceptResult:
     folder = concept_dir(out, ts)
-    if (done := read_json(folder / "result.json")) is not None:
+    if (folder / "result.json").exists():
+        done = ConceptResult.load(folder / "result.json")
         for stage in ("diffmean", "steering", "utility"):
             bar.step(f"{label} {stage} (done)")
         return done
@@ -305,27 +319,32 @@ def _concept(
     seconds["steering"] = round(time.perf_counter() - t, 1)
     bar.step(f"{label} steering")
     t = time.perf_counter()
-    chosen = {
+    chosen: dict[str, SteeringVector | None] = {
         "prompt": None,
         "diffmean": vec["diffmean"].replace(alpha=factor * unit),
         "prosv": vec["prosv"],
         "fssv": vec["fssv"],
     }
-    utility = read_json(folder / "utility.json")
-    if utility is None:
+    if (folder / "utility.json").exists():
+        utility = ConceptUtility.load(folder / "utility.json")
+    else:
         utility = _utility(cfg, model, ts.concept, chosen, items)
-        write_json(folder / "utility.json", utility)
+        utility = ConceptUtility.load(utility.save(folder / "utility.json"))
     seconds["utility"] = round(time.perf_counter() - t, 1)
     bar.step(f"{label} utility")
     result = concept_result(ts, data_hash(ts), rows.rows, factor, chosen, utility, seconds)
-    write_json(folder / "result.json", result)
+    result = ConceptResult.load(result.save(folder / "result.json"))
     say(f"{label} done: {ts.concept[:60]!r}")
     return result
 
 
 def _utility(
-    cfg: ReproduceConfig, model: LoadedModel, concept: str, chosen: dict, items: list
-) -> dict:
+    cfg: ReproduceConfig,
+    model: LoadedModel,
+    concept: str,
+    chosen: dict[str, SteeringVector | None],
+    items: list,
+) -> ConceptUtility:
     """Task accuracy and KL damage under each method (the prompt baseline: the same items and
     continuations behind the steering prompt)."""
     sizes = cfg.run_sizes
@@ -348,5 +367,5 @@ def _utility(
         else:
             acc = evaluate_utility(model, sv, items, ucfg).accuracy
             kl = kl_damage(model, sv, kl_prompts, kcfg)
-        out[name] = {"accuracy": acc.to_dict(), "kl": kl.estimate.to_dict()}
-    return out
+        out[name] = UtilityResult(acc, kl.estimate)
+    return ConceptUtility(out)
