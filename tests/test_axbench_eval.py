@@ -30,7 +30,7 @@ def test_run_judges_every_method_and_resumes(tiny, axbench_folder, tmp_path, mon
     scores = run_axbench_eval(_cfg(axbench_folder, out), model=tiny, judge=HashJudge())
     assert [s.method for s in scores] == METHODS
     assert len(scores[0].factors) == 2  # one mean per concept behind each CI
-    saved = json.loads((out / "scores.json").read_text())
+    saved = json.loads((out / "scores.json").read_text())["methods"]
     assert [s["method"] for s in saved] == METHODS
     assert (out / "steering_scores.png").exists()
     assert sorted(p.name for p in (out / "vectors" / "prosv").glob("*.json")) == [

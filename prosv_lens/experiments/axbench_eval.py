@@ -8,8 +8,9 @@ against the prompt baseline and factor-searched DiffMean, resumable.
    steering** as AxBench (:func:`~prosv_lens.evaluation.steering_eval.evaluate_steering`:
    DiffMean's factor chosen on the first half of the held-out instructions, every method scored
    on the second half; answers in ``rows.jsonl``, resumable row batch by row batch);
-3. ``scores.json`` (one :class:`~prosv_lens.evaluation.steering_eval.MethodScore` per method;
-   with several concepts the CI is a bootstrap over the concepts' means) and the figure
+3. ``scores.json`` (an :class:`~prosv_lens.experiments.axbench_results.AxBenchScores`: one
+   :class:`~prosv_lens.evaluation.steering_eval.MethodScore` per method, saved; with several
+   concepts the CI is a bootstrap over the concepts' means) and the figure
    ``steering_scores.png``/``.pdf``.
 
 The folder is claimed by ``fingerprint.json`` (the settings and package version) and
@@ -18,7 +19,6 @@ else is refused, and the folder is locked while a run works in it
 (:mod:`~prosv_lens.experiments.run_folder`). ``notebooks/04_axbench_eval.py`` shows the results.
 """
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +40,8 @@ from prosv_lens.evaluation.steering_eval import (
     summarize,
     tasks_from,
 )
-from prosv_lens.experiments.run_folder import check_fingerprint, claim_folder, write_text
+from prosv_lens.experiments.axbench_results import AxBenchScores
+from prosv_lens.experiments.run_folder import check_fingerprint, claim_folder
 from prosv_lens.figures import steering_scores_figure
 from prosv_lens.figures.style import save
 from prosv_lens.interventions import SteeringVector
@@ -170,7 +171,8 @@ def run_axbench_eval(
     judge: Judge | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[MethodScore]:
-    """Run (or resume) ``cfg``; returns the per-method scores (also in ``scores.json``).
+    """Run (or resume) ``cfg``; returns the per-method scores (also in ``scores.json``, read
+    back as :class:`~prosv_lens.experiments.axbench_results.AxBenchScores`).
 
     Args:
         cfg: what to run.
@@ -210,8 +212,9 @@ def run_axbench_eval(
         title = (
             f"AxBench {Path(cfg.axbench).name}, {len(sets)} concepts — {model.model_id} L{layer}"
         )
-        save(steering_scores_figure([s.to_dict() for s in scores], title), out / "steering_scores")
-        write_text(out / "scores.json", json.dumps([s.to_dict() for s in scores], indent=1))
+        saved = AxBenchScores.of(scores)
+        save(steering_scores_figure(saved.methods, title), out / "steering_scores")
+        saved.save(out / "scores.json")
         return scores
 
 

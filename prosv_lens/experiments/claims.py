@@ -26,9 +26,10 @@ from typing import Any
 from prosv_lens.analysis import PathPatchingResult
 from prosv_lens.errors import ClaimsError, ProsvError, ResultFileError  # noqa: F401 - re-exported
 from prosv_lens.evaluation.stats import Estimate, bootstrap_mean
+from prosv_lens.experiments.axbench_results import AxBenchScores
 from prosv_lens.experiments.demo_results import DemoResults
 from prosv_lens.experiments.sweep_results import SweepBaseline, SweepResult
-from prosv_lens.safe_io import json_type, parse_json_text, parse_jsonl_text, read_text_file
+from prosv_lens.safe_io import parse_jsonl_text, read_text_file
 
 VERDICTS = {
     "reproduces": "the difference has the paper's sign and its 95% CI excludes 0",
@@ -149,24 +150,6 @@ def _est(e: SavedEstimate, digits: int = 3) -> str:
 _REWRITE = "rerun the command that writes it (or move the file away)"
 
 
-def _read_json(path: Path, kind: type = dict) -> Any:
-    """The JSON in ``path`` (``None`` if it does not exist), which must be a ``kind``.
-
-    Raises:
-        ResultFileError: the file is unreadable, not UTF-8 JSON, or of another shape.
-    """
-    if not path.exists():
-        return None
-    text = read_text_file(path, what="a saved result file", error=ResultFileError)
-    data = parse_json_text(text, path, fix=_REWRITE, error=ResultFileError)
-    if not isinstance(data, kind):
-        raise ResultFileError(
-            f"{path} holds a JSON {json_type(data)}, not the {json_type(kind())} a saved "
-            f"result has: {_REWRITE}"
-        )
-    return data
-
-
 def _read_demo(path: Path) -> DemoResults | None:
     """The demo results in ``path`` (``None`` if it does not exist).
 
@@ -175,6 +158,16 @@ def _read_demo(path: Path) -> DemoResults | None:
             named).
     """
     return DemoResults.load(path) if path.exists() else None
+
+
+def _read_axbench(path: Path) -> AxBenchScores | None:
+    """The AxBench scores in ``path`` (``None`` if it does not exist).
+
+    Raises:
+        ResultFileError: the file is unreadable, not JSON, or not AxBench scores (the field
+            named).
+    """
+    return AxBenchScores.load(path) if path.exists() else None
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -349,7 +342,9 @@ def _tradeoff_claim(
     return Claim(*title, result, tuple(lines), src)
 
 
-def axbench_claims(scores: list | None, rows: Sequence[dict], where: _Source) -> list[Claim]:
+def axbench_claims(
+    scores: AxBenchScores | None, rows: Sequence[dict], where: _Source
+) -> list[Claim]:
     """PrOSV vs FSSV and vs factor-searched DiffMean on AxBench concepts
     (``prosv axbench-eval``)."""
     titles = [
@@ -364,13 +359,13 @@ def axbench_claims(scores: list | None, rows: Sequence[dict], where: _Source) ->
     ]
     if scores is None or not rows:
         return [_missing(t, p, where) for t, p in titles]
-    by = {s["method"]: s for s in scores}
-    n_concepts = len(by["prosv"]["factors"])
+    by = scores.by_method()
+    n_concepts = len(by["prosv"].factors)
     src = (
         f"{where.shown}/scores.json, rows.jsonl ({n_concepts} concepts of prod_2b_l10_v1, "
         "notebook 04)"
     )
-    overall = "; ".join(f"{m} {_est(s['overall'])}" for m, s in by.items())
+    overall = "; ".join(f"{m} {_est(s.overall)}" for m, s in by.items())
     claims = []
     for (title, paper), other in zip(titles, ("fssv", "diffmean"), strict=True):
         d = paired_difference(rows, "prosv", other)
@@ -615,7 +610,7 @@ def collect_claims(results_dir: str | Path, folders: ResultFolders) -> list[Clai
         *_checked(
             axbench_claims,
             axbench,
-            _read_json(axbench / "scores.json", list),
+            _read_axbench(axbench / "scores.json"),
             _read_rows(axbench / "rows.jsonl"),
             _source(root, folders, folders.axbench),
         ),

@@ -84,7 +84,7 @@ def test_axbench_eval_notebook(tmp_path):
     argv = ["axbench-eval", "--axbench", str(AXBENCH / "prod_2b_l10_v1"), "--concepts", "2"]
     assert main([*argv, "--sizes", "smoke", "--out", str(out)]) == 0
     _run("04_axbench_eval.py", NOTEBOOKS)  # reads ../results/axbench_l10
-    scores = json.loads((tmp_path / "axbench_eval/scores.json").read_text())
+    scores = json.loads((tmp_path / "axbench_eval/scores.json").read_text())["methods"]
     assert [s["method"] for s in scores] == ["unsteered", "prompt", "diffmean", "prosv", "fssv"]
     for s in scores:
         assert 0 <= s["overall"]["mean"] <= 2 and s["n_answers"] == 2 * 2  # 2 concepts x 2 test
