@@ -36,11 +36,11 @@
 # This notebook reads what it saved (no model).
 
 # %%
-import json
 from pathlib import Path
 
 from prosv_lens.evaluation.records import ResultLog
 from prosv_lens.evaluation.steering_eval import KEY_FIELDS
+from prosv_lens.experiments.axbench_results import AxBenchScores
 from prosv_lens.figures import steering_scores_figure
 
 RESULTS = Path("../results/axbench_l10")  # run from notebooks/, as Jupyter does
@@ -53,15 +53,15 @@ RESULTS = Path("../results/axbench_l10")  # run from notebooks/, as Jupyter does
 # reports. The jointly trained vectors are used at their learned factor: no factor search.
 
 # %%
-scores = json.loads((RESULTS / "scores.json").read_text())
-for s in scores:
-    o = s["overall"]
+scores = AxBenchScores.load(RESULTS / "scores.json")  # typed: a wrong field is named on load
+for s in scores.methods:
+    o = s.overall
     print(
-        f"{s['method']:<10} overall {o['mean']:.3f} [{o['low']:.3f}, {o['high']:.3f}]  "
-        f"concept {s['concept']['mean']:.2f}  instruct {s['instruct']['mean']:.2f}  "
-        f"fluency {s['fluency']['mean']:.2f}  ({s['n_answers']} answers)"
+        f"{s.method:<10} overall {o.mean:.3f} [{o.low:.3f}, {o.high:.3f}]  "
+        f"concept {s.concept.mean:.2f}  instruct {s.instruct.mean:.2f}  "
+        f"fluency {s.fluency.mean:.2f}  ({s.n_answers} answers)"
     )
-fig = steering_scores_figure(scores, f"AxBench Concept10, {len(scores[0]['factors'])} concepts")
+fig = steering_scores_figure(scores.methods, f"AxBench Concept10, {scores.n_concepts} concepts")
 
 # %% [markdown]
 # ## Per concept
@@ -73,7 +73,7 @@ per_concept: dict[str, dict[str, list[float]]] = {}
 for r in rows:
     if r["suite"] == "steering" and r["split"] == "test":
         per_concept.setdefault(r["concept"], {}).setdefault(r["method"], []).append(r["overall"])
-methods = [s["method"] for s in scores]
+methods = [s.method for s in scores.methods]
 print(f"{'concept':<52}" + "".join(f"{m:>10}" for m in methods))
 for concept, by_method in per_concept.items():
     means = (sum(by_method[m]) / len(by_method[m]) for m in methods)
