@@ -9,11 +9,13 @@ It is AxBench's DiffMean baseline and the quickest way to get a real, meaningful
 concept without training; the jointly trained vectors of the paper come from the trainer.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from prosv_lens.interventions import SteeringVector
 from prosv_lens.models import LoadedModel
 from prosv_lens.prompts import Prompt, TokenBatch, encode_prompts, position_ids_from_mask
 from prosv_lens.types import AttentionMask, Resid, Tokens, Vector
@@ -33,6 +35,22 @@ class MeanDifference:
     direction: Vector
     raw_norm: float
     resid_norm: float
+
+    def vector(
+        self, model: LoadedModel, layer: int, *, info: Mapping[str, Any] | None = None
+    ) -> SteeringVector:
+        """The direction as a full-sequence :class:`SteeringVector` of ``model`` at ``layer``
+        with ``alpha = 1`` (a factor search scales it, in units of :attr:`resid_norm`); ``info``
+        is stored with it."""
+        return SteeringVector(
+            self.direction,
+            layer=layer,
+            positions="all",
+            alpha=1.0,
+            model_id=model.model_id,
+            chat_template_hash=model.chat_template_hash,
+            info=dict(info or {}),
+        )
 
 
 def resid_post(

@@ -258,14 +258,7 @@ def _judge_all(
     )
     for ts in sets:
         md = diffmean(model, ts.positives, ts.negatives, layer)
-        direction = SteeringVector(
-            md.direction,
-            layer=layer,
-            positions="all",
-            alpha=1.0,
-            model_id=model.model_id,
-            chat_template_hash=model.chat_template_hash,
-        )
+        direction = md.vector(model, layer)
         methods = [
             Method.unsteered(),
             Method.prompt(),

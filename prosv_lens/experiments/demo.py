@@ -249,15 +249,7 @@ def _run_demo(cfg: DemoConfig, run: Path) -> Path:
     check_fingerprint(run, inputs, name="inputs.json", other="another --run")
     vectors, logs = st.run("train", lambda: _train(model, data, layer, cfg))
     md = st.run("baselines", lambda: _diffmean(model, data, layer))
-    direction = SteeringVector(
-        md.direction,
-        layer=layer,
-        positions="all",
-        alpha=1.0,
-        model_id=model.model_id,
-        chat_template_hash=model.chat_template_hash,
-        info={"method": "diffmean", "concept": data.name},
-    )
+    direction = md.vector(model, layer, info={"method": "diffmean", "concept": data.name})
     for name, sv in {**vectors, "diffmean": direction}.items():
         save_vector(sv, run / "vectors" / name, overwrite=True)  # retrained identically on resume
     methods = [

@@ -265,15 +265,8 @@ def _vectors(
     path = folder / "diffmean"
     if not path.with_suffix(".json").exists():
         md = diffmean(model, ts.positives, ts.negatives, layer)
-        direction = SteeringVector(
-            md.direction,
-            layer=layer,
-            positions="all",
-            alpha=1.0,
-            model_id=model.model_id,
-            chat_template_hash=model.chat_template_hash,
-            info={"method": "diffmean", "concept": ts.concept, "resid_norm": md.resid_norm},
-        )
+        info = {"method": "diffmean", "concept": ts.concept, "resid_norm": md.resid_norm}
+        direction = md.vector(model, layer, info=info)
         save_vector(direction, path)
     return {name: load_vector(folder / name, model) for name in ("diffmean", *KINDS)}
 
