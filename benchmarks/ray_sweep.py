@@ -28,8 +28,13 @@ from pathlib import Path
 
 import torch
 
-from prosv_lens.evaluation.offline_judge import OfflineJudge
-from prosv_lens.experiments.sweeps import PositionSweepConfig, SweepJob, SweepRun, execute_sweep
+from prosv_lens.experiments.sweeps import (
+    PositionSweepConfig,
+    SweepJob,
+    SweepRun,
+    execute_sweep,
+    offline_judge,
+)
 from prosv_lens.experiments.units import compare_runs
 from prosv_lens.models import load_model
 from prosv_lens.safe_io import write_json
@@ -56,7 +61,7 @@ def _in_process(out: Path) -> tuple[SweepRun, float]:
     t0 = time.perf_counter()
     model = load_model(CONFIG.model, dtype=CONFIG.dtype)
     run = execute_sweep(
-        SweepJob(CONFIG, model=model, judge=OfflineJudge(reference=model)), out, progress=False
+        SweepJob(CONFIG, model=model, judge=offline_judge(model)), out, progress=False
     )
     return run, time.perf_counter() - t0
 

@@ -171,12 +171,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from prosv_lens.evaluation.offline_judge import OfflineJudge
     from prosv_lens.experiments.sweeps import (
         SweepJob,
         execute_sweep,
         format_sweep,
         load_sweep_config,
+        offline_judge,
     )
     from prosv_lens.figures.regenerate import sweep_figures
     from prosv_lens.models import load_model
@@ -190,7 +190,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.workers is None and address is None:  # in this process, as before Ray existed
         model = load_model(cfg.model, device=args.device, dtype=cfg.dtype)
         model.hook_name(cfg.layer)  # a layer the model lacks fails before the folder is made
-        job = SweepJob(cfg, model=model, judge=OfflineJudge(reference=model))
+        job = SweepJob(cfg, model=model, judge=offline_judge(model))
     else:
         from prosv_lens.experiments.ray_executor import check_address, import_ray
 

@@ -108,11 +108,11 @@ class OfflineJudgeConfig:
 
     Attributes:
         max_sentences: sentences scored per response (the first ones).
-        embed_batch_size: texts per embedding batch. 1 (the default) makes each text's embedding
-            independent of the texts encoded with it (a padded batch changes the float rounding
-            by ~1e-7), so a judged row does not depend on what the judge embedded before, e.g.
-            on which worker of a sweep judged it. Batches of 1 cost ~1.3x the time of batches
-            of 32 for MiniLM on a CPU.
+        embed_batch_size: texts per embedding batch. 1 makes each text's embedding independent
+            of the texts encoded with it (a padded batch changes the float rounding by ~1e-7),
+            so a judged row does not depend on what the judge embedded before, e.g. on which
+            worker of a sweep judged it (sweeps use 1: ``experiments.sweeps.offline_judge``);
+            larger batches are much faster on thousands of texts.
         nll_batch_size: responses per reference-model forward pass.
         max_response_tokens: response tokens scored for NLL (longer ones are truncated).
         nll_thresholds: NLL 1|2 and 0|1 boundaries; ``None`` uses the fitted
@@ -120,7 +120,7 @@ class OfflineJudgeConfig:
     """
 
     max_sentences: int = 40
-    embed_batch_size: int = 1
+    embed_batch_size: int = 64
     nll_batch_size: int = 8
     max_response_tokens: int = 256
     nll_thresholds: tuple[float, float] | None = None

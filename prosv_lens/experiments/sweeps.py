@@ -344,10 +344,12 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
 
 def offline_judge(model: LoadedModel) -> Judge:
     """The default sweep judge: :class:`~prosv_lens.evaluation.offline_judge.OfflineJudge` with
-    ``model`` as its fluency reference (a module-level function, so workers can receive it)."""
-    from prosv_lens.evaluation.offline_judge import OfflineJudge
+    ``model`` as its fluency reference, embedding each text on its own (``embed_batch_size=1``),
+    so a judged row does not depend on which worker judged it or what that worker judged before
+    (a module-level function, so workers can receive it)."""
+    from prosv_lens.evaluation.offline_judge import OfflineJudge, OfflineJudgeConfig
 
-    return OfflineJudge(reference=model)
+    return OfflineJudge(reference=model, config=OfflineJudgeConfig(embed_batch_size=1))
 
 
 def sweep_concepts(cfg: SweepConfig) -> tuple[int | str, ...]:
