@@ -147,8 +147,10 @@ def run_reproduce(
 
     Args:
         cfg: what to run.
-        model: an already loaded model to use instead of loading ``cfg.model_name``.
-        judge: a judge to use instead of ``cfg.judge`` (its ``name`` enters the fingerprint).
+        model: an already loaded model to use instead of loading ``cfg.model_name`` (not on
+            Ray: each worker loads ``cfg.model_name``).
+        judge: a judge to use instead of ``cfg.judge`` (its ``name`` enters the fingerprint; on
+            Ray it is pickled to every worker).
         device: the device description for the memory check (default: probed).
         progress: show the progress bars.
         log: receives one line per finished stage.
@@ -204,7 +206,6 @@ def run_reproduce(
                 cfg,
                 out,
                 sets,
-                fp,
                 concepts_per_unit=concepts_per_unit or 1,
                 model=None if on_ray else model,
                 judge=judge,

@@ -273,7 +273,6 @@ def run_units_path(
     cfg: ReproduceConfig,
     out: Path,
     sets: Sequence[AxBenchTrainingSet],
-    fingerprint: Mapping[str, Any],
     *,
     concepts_per_unit: int,
     model: LoadedModel | None,
@@ -293,17 +292,12 @@ def run_units_path(
         RunMismatchError: the folder's ``inputs.json`` names another model, data or judge.
         ExperimentError: a unit failed every try (named; the completed units are kept).
     """
-    from prosv_lens.errors import RunMismatchError
     from prosv_lens.experiments.units import execute_units
     from prosv_lens.safe_io import check_fingerprint
 
     job = ReproduceJob(cfg, sets, concepts_per_unit, model=model, judge=judge)
 
     def before(inputs: dict[str, Any]) -> None:
-        if inputs["judge"] != fingerprint["judge"]:
-            raise RunMismatchError(
-                f"the workers' judge is {inputs['judge']!r}, the run's {fingerprint['judge']!r}"
-            )
         check_fingerprint(out, inputs, name="inputs.json", other="another --out")
 
     run = execute_units(
