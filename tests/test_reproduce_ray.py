@@ -17,7 +17,7 @@ import torch
 from test_reproduce import BIG_CPU, make_axbench_folder, make_setting
 
 from prosv_lens.cli import main
-from prosv_lens.errors import ExperimentError, RayUnavailableError, UnitError
+from prosv_lens.errors import ExperimentError, JudgeError, RayUnavailableError, UnitError
 from prosv_lens.evaluation.judges import Judge, JudgeItem, Rating
 from prosv_lens.experiments import ReproduceConfig, Setting, run_reproduce
 from prosv_lens.experiments.units import UnitOutput, UnitStore, WorkUnit, compare_runs
@@ -38,14 +38,18 @@ UNITS = 8
 
 class HashJudge(Judge):
     """Test double: ratings are a deterministic hash of the answer (not a real judge); with
-    ``die_once`` (a path), the first call in any process kills that process with SIGKILL."""
+    ``die_once`` (a path), the first call in any process kills that process with SIGKILL; with
+    ``fail_on`` (a concept), rating that concept raises a :class:`JudgeError`."""
 
     name = "hash-test-judge"
 
-    def __init__(self, die_once: str | None = None) -> None:
+    def __init__(self, die_once: str | None = None, fail_on: str | None = None) -> None:
         self.die_once = die_once
+        self.fail_on = fail_on
 
     def rate(self, items: list[JudgeItem]) -> list[Rating]:
+        if self.fail_on and items[0].concept == self.fail_on:
+            raise JudgeError(f"cannot rate {self.fail_on!r} (test)")
         if self.die_once and not Path(self.die_once).exists():
             Path(self.die_once).write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)  # a real kill -9 of this worker, mid-unit
@@ -155,6 +159,24 @@ def test_a_worker_killed_mid_unit_is_restarted_and_its_unit_retried(
     assert marker.exists()  # a worker really died with SIGKILL while judging a unit
     assert any("0 failed" in s and "retried" in s for s in lines), lines
     assert not list((out / "units").glob(".tmp-*"))  # every unit exactly once, no temp folder
+    _same_run(sequential, out)
+
+
+def test_a_failing_unit_is_reported_the_rest_finish_and_a_rerun_runs_only_it(
+    setting, sequential, tmp_path
+):
+    out = tmp_path / "run"
+    with one_thread(), pytest.raises(ExperimentError, match="FAILED eval concept 1 .* 2 tries"):
+        _run(setting, out, HashJudge(fail_on="loops in code"), concepts_per_unit=K)
+    assert [f["label"] for f in json.loads((out / "failed.json").read_text())] == ["eval concept 1"]
+    assert (out / "concepts/0000/result.json").exists() and (
+        out / "concepts/0002/result.json"
+    ).exists()
+    assert not (out / "concepts/0001/result.json").exists() and not (out / "summary.json").exists()
+    with one_thread():
+        lines = _run(setting, out, concepts_per_unit=K)
+    assert any(f"{UNITS - 1} already done, 1 run now" in s for s in lines), lines
+    assert not (out / "failed.json").exists()
     _same_run(sequential, out)
 
 
