@@ -162,6 +162,25 @@ def test_a_worker_killed_mid_unit_is_restarted_and_its_unit_retried(
     _same_run(sequential, out)
 
 
+def test_one_block_of_every_concept_writes_what_the_run_without_units_writes(setting, tmp_path):
+    """Units of all 3 concepts train them in one pass, as the run without units does: the same
+    files (vectors, judged rows, results) and summary, timings aside."""
+
+    def files(run: Path) -> dict[str, Path]:
+        paths = {p.relative_to(run): p for p in run.rglob("*") if p.is_file()}
+        return {k.as_posix(): p for k, p in paths.items() if k.parts[0] != "units"}
+
+    with one_thread():
+        _run(setting, tmp_path / "plain")
+        _run(setting, tmp_path / "units", concepts_per_unit=3)
+    plain, units = files(tmp_path / "plain"), files(tmp_path / "units")
+    assert set(units) - set(plain) == {"inputs.json"} and set(plain) <= set(units)
+    assert _timeless(tmp_path / "plain") == _timeless(tmp_path / "units")
+    for name, path in plain.items():
+        if name.endswith((".safetensors", ".jsonl")):
+            assert path.read_bytes() == units[name].read_bytes(), name
+
+
 def test_a_failing_unit_is_reported_the_rest_finish_and_a_rerun_runs_only_it(
     setting, sequential, tmp_path
 ):
