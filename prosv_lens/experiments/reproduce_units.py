@@ -173,7 +173,8 @@ class ReproduceJob:
             given: set[str] = set()
             result: dict[str, Any]
             if unit.kind == "utility":
-                result = {"accuracy": _run._unsteered_utility(cfg, model, out, items).accuracy}
+                unsteered = _run._unsteered_utility(cfg, model, out, items)
+                result = {"accuracy_mean": float(unsteered.accuracy.mean)}
             elif unit.kind == "train":
                 block = self._sets(unit.settings["concepts"])
                 kind = unit.settings["train"]
