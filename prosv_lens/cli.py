@@ -480,7 +480,16 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         _out(text)
         plan.check()  # a run that cannot fit: exit 2, one line naming the stage
         return 0
-    summary = run_reproduce(cfg, device=device, log=_progress)
+    summary = run_reproduce(
+        cfg,
+        device=device,
+        log=_progress,
+        concepts_per_unit=args.concepts_per_unit,
+        workers=args.workers,
+        address=args.address or os.environ.get("RAY_ADDRESS") or None,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+    )
     _out(format_summary(summary))
     _out(f"results: {cfg.out} ({summary.seconds:.0f} s)")
     return 0
@@ -836,7 +845,43 @@ def _add_reproduce(sub: "_Sub") -> None:
         metavar="GB/S",
         help="plan with this memory bandwidth",
     )
+    _add_units_options(p.add_argument_group("work units and Ray (docs/ray.md)"))
     p.set_defaults(func=_cmd_reproduce)
+
+
+def _add_units_options(group: Any) -> None:
+    """``--concepts-per-unit``, ``--workers``, ``--address`` and the per-worker resources of
+    ``prosv reproduce``."""
+    group.add_argument(
+        "--concepts-per-unit",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="run in work units, K concepts per training unit, resumable unit by unit (default: "
+        "one pass over all concepts in this process; 1 with --workers/--address)",
+    )
+    group.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="run the units on a local Ray instance with N workers, each keeping the model "
+        "loaded (needs prosv-lens[ray])",
+    )
+    group.add_argument(
+        "--address",
+        default=None,
+        help="run the units on an existing Ray cluster (ray://HOST:10001 or HOST:6379; default "
+        "$RAY_ADDRESS if set)",
+    )
+    group.add_argument(
+        "--cpus-per-worker", type=positive_int, default=1, help="CPU cores per Ray worker (1)"
+    )
+    group.add_argument(
+        "--gpus-per-worker",
+        type=non_negative_float,
+        default=0.0,
+        help="GPUs per Ray worker (0; 1 with --device cuda puts one worker on each GPU)",
+    )
 
 
 _DEMO_OPTIONS = (

@@ -41,6 +41,7 @@ from prosv_lens.experiments.units import (
 )
 
 WORKER_DEATHS = 3  # a unit whose worker died this many times is recorded as failed
+RESTART_SECONDS = 120.0  # how long the driver waits for Ray to restart a dead worker
 INSTALL = "pip install 'prosv-lens[ray]'"
 
 
@@ -222,6 +223,22 @@ def _get(ray: Any, ref: Any) -> Any:
         raise
 
 
+def wait_restarted(ray: Any, actor: Any, timeout: float = RESTART_SECONDS) -> bool:
+    """Wait until a dead worker's actor answers again (Ray restarts it), at most ``timeout``
+    seconds; whether it did. A unit handed to it before then fails as if it had died once more,
+    so without this wait one kill could use up a unit's :data:`WORKER_DEATHS` tries."""
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.pid.remote(), timeout=max(0.1, deadline - time.monotonic()))
+            return True
+        except (RayActorError, GetTimeoutError):
+            time.sleep(0.2)
+    return False
+
+
 def _drive(
     ray: Any,
     sched: Scheduler,
@@ -253,6 +270,7 @@ def _drive(
                 except RayActorError:  # the process died; Ray restarts the actor
                     failed = not sched.errored(unit, "its worker died", limit=WORKER_DEATHS)
                     bar.update(failed=int(failed))
+                    wait_restarted(ray, actor)
                 except RayTaskError as e:
                     cause = e.cause if isinstance(e.cause, BaseException) else e
                     if not is_unit_error(cause):

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from prosv_lens.baselines import diffmean
 from prosv_lens.concepts import AxBenchTrainingSet, builtin_instructions
-from prosv_lens.errors import ModelLoadError
+from prosv_lens.errors import ExperimentError, ModelLoadError
 from prosv_lens.evaluation.judges import Judge
 from prosv_lens.evaluation.offline_judge import NLL_THRESHOLDS, OfflineJudge
 from prosv_lens.evaluation.records import ResultLog
@@ -130,28 +130,57 @@ def run_reproduce(
     device: DeviceInfo | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    concepts_per_unit: int | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    cpus_per_worker: int = 1,
+    gpus_per_worker: float = 0.0,
 ) -> ReproduceSummary:
     """Run (or resume) ``cfg``; returns the summary (also in ``summary.json`` / ``summary.md``),
     as read back from ``summary.json``.
 
+    With ``concepts_per_unit``, ``workers`` or ``address`` the run goes in work units
+    (:mod:`prosv_lens.experiments.reproduce_units`): in this process (only
+    ``concepts_per_unit``) or on Ray workers, after the same checks; the run folder ends up
+    with the same layout (plus ``units/`` and ``inputs.json``). A folder is resumed the way it
+    was started (with or without units).
+
     Args:
         cfg: what to run.
-        model: an already loaded model to use instead of loading ``cfg.model_name``.
-        judge: a judge to use instead of ``cfg.judge`` (its ``name`` enters the fingerprint).
+        model: an already loaded model to use instead of loading ``cfg.model_name`` (not on
+            Ray: each worker loads ``cfg.model_name``).
+        judge: a judge to use instead of ``cfg.judge`` (its ``name`` enters the fingerprint; on
+            Ray it is pickled to every worker).
         device: the device description for the memory check (default: probed).
         progress: show the progress bars.
         log: receives one line per finished stage.
+        concepts_per_unit: concepts per training unit (default with Ray: 1).
+        workers: run on a local Ray instance with this many workers (needs ``prosv-lens[ray]``).
+        address: run on the Ray cluster at this address (``ray://HOST:PORT`` or ``HOST:PORT``).
+        cpus_per_worker: CPU cores (and torch threads) per Ray worker.
+        gpus_per_worker: GPUs per Ray worker.
 
     Raises:
         ProsvError: a bad setting, output folder, data or model source, another run's folder,
             or a run that does not fit the device; all before any work.
+        RayUnavailableError: ``workers``/``address`` without Ray installed, or an address that
+            cannot be reached (before the folder is made).
     """
     say = log or (lambda _: None)
     t0 = time.perf_counter()
+    on_ray = workers is not None or address is not None
+    if concepts_per_unit is not None and concepts_per_unit < 1:
+        raise ExperimentError(f"concepts_per_unit must be >= 1, got {concepts_per_unit}")
+    if on_ray:
+        from prosv_lens.experiments.ray_executor import check_address, import_ray
+
+        import_ray()  # no Ray: one line saying how to install it, before any folder is made
+        if address is not None and address != "auto":
+            check_address(address)
     new = not cfg.out.exists()
     out = claim_folder(cfg.out, KIND)
     try:
-        if model is None and (problem := model_source_problem(cfg.model_name)):
+        if (model is None or on_ray) and (problem := model_source_problem(cfg.model_name)):
             raise ModelLoadError(problem)
         source = cfg.axbench or cfg.setting.data_source()
         sets = select_concepts(cfg, source)
@@ -165,9 +194,29 @@ def run_reproduce(
             out.rmdir()
         raise
     with RunLock(out):  # a second run on this folder is refused, naming this one
+        in_units = on_ray or concepts_per_unit is not None
+        _check_layout(out, units=in_units)
         claim_concepts(out, sets)
         verb = "resuming" if resumed else "starting"
         say(f"{verb} {cfg.setting.name} in {out}: {len(sets)} concepts")
+        if in_units:
+            from prosv_lens.experiments.reproduce_units import run_units_path
+
+            return run_units_path(
+                cfg,
+                out,
+                sets,
+                concepts_per_unit=concepts_per_unit or 1,
+                model=None if on_ray else model,
+                judge=judge,
+                workers=workers,
+                address=address,
+                cpus_per_worker=cpus_per_worker,
+                gpus_per_worker=gpus_per_worker,
+                progress=progress,
+                say=say,
+                t0=t0,
+            )
         model = model or load_model(cfg.model_name, device=cfg.device, dtype=run_dtype(cfg))
         judge = judge or make_judge(cfg.judge, model)
         judge.check()
@@ -196,6 +245,12 @@ def run_reproduce(
         write_text(out / "summary.md", format_summary(summary))
         bar.bar.close()
         return summary
+
+
+def _check_layout(out: Path, *, units: bool) -> None:
+    from prosv_lens.experiments.reproduce_units import check_layout
+
+    check_layout(out, units=units)
 
 
 def _train_pending(

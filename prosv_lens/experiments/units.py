@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
@@ -79,6 +79,10 @@ class WorkUnit:
 @dataclass(frozen=True)
 class UnitOutput:
     """What a unit produced: a JSON ``result`` and named binary ``files`` (e.g. a vector).
+
+    A file's name may be a relative path with ``/`` (``concepts/0003/vectors/prosv.json``): it is
+    stored in that sub-folder of the unit's folder. Names are checked on commit
+    (:func:`check_file_name`): no ``..``, not absolute, not one of the unit's own files.
 
     ``seconds`` (compute time in the worker, model loading excluded) and ``load_seconds`` (the
     time this call spent loading the model and data, 0 once they are loaded) go to
@@ -164,6 +168,36 @@ class RunSummary:
         return "\n".join(lines)
 
 
+RESERVED = (DONE_FILE, RESULT_FILE, UNIT_FILE, TIMING_FILE)
+
+
+def check_file_name(unit: WorkUnit, name: str) -> PurePosixPath:
+    """A unit output's file name as a relative path.
+
+    Raises:
+        UnitError: the name is empty, absolute, has ``..``, ``.`` or empty parts or a
+            backslash, or is one of the unit's own top-level files (``result.json``, ...).
+    """
+    path = PurePosixPath(name)
+    bad = (
+        not name
+        or "\\" in name
+        or path.is_absolute()
+        or any(part in ("", ".", "..") for part in name.split("/"))
+        or name in RESERVED
+    )
+    if bad:
+        raise UnitError(f"unit {unit.describe()} returned a file named {name!r}")
+    return path
+
+
+def _files_under(folder: Path) -> list[str]:
+    """The files in ``folder`` and its sub-folders as sorted ``/``-separated relative paths,
+    the unit's own top-level files excluded."""
+    names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    return sorted(n for n in names if n not in RESERVED)
+
+
 def check_units(units: Sequence[WorkUnit]) -> dict[str, WorkUnit]:
     """The units by id, in order.
 
@@ -216,11 +250,7 @@ class UnitStore:
             raise RunMismatchError(
                 f"{folder} holds another unit than {unit.describe()}: move the folder away"
             )
-        files = {
-            p.name: p.read_bytes()
-            for p in sorted(folder.iterdir())
-            if p.name not in (DONE_FILE, RESULT_FILE, UNIT_FILE, TIMING_FILE)
-        }
+        files = {name: (folder / name).read_bytes() for name in _files_under(folder)}
         return UnitOutput(read_json(folder / RESULT_FILE, missing_ok=False), files)
 
     def commit(self, unit: WorkUnit, output: UnitOutput) -> bool:
@@ -234,9 +264,9 @@ class UnitStore:
             write_json(tmp / UNIT_FILE, {"kind": unit.kind, "settings": unit.settings})
             write_json(tmp / RESULT_FILE, output.result)
             for name, data in output.files.items():
-                if "/" in name or name in (DONE_FILE, RESULT_FILE, UNIT_FILE, TIMING_FILE):
-                    raise UnitError(f"unit {unit.describe()} returned a file named {name!r}")
-                (tmp / name).write_bytes(data)
+                path = tmp / check_file_name(unit, name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
             timing = {"seconds": output.seconds, "load_seconds": output.load_seconds}
             write_json(tmp / TIMING_FILE, timing)
             (tmp / DONE_FILE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
@@ -444,8 +474,8 @@ def execute_units(
 def compare_runs(a: str | Path, b: str | Path, *, rtol: float = 0.0) -> list[str]:
     """Where two run folders' completed units differ (an empty list: the same results).
 
-    Every unit folder of either run is compared: the same ids, binary files (vectors) byte for
-    byte, and ``result.json`` and ``*.jsonl`` files value by value, numbers within ``rtol``
+    Every unit folder of either run is compared, sub-folders included: the same ids, binary files
+    (vectors) byte for byte, and ``result.json`` and ``*.jsonl`` files value by value, numbers within ``rtol``
     relative tolerance; timings (``timing.json`` and every ``seconds`` field) are ignored.
 
     Two executions of one run give the same answers, vectors and scores, but a float computed
@@ -458,8 +488,8 @@ def compare_runs(a: str | Path, b: str | Path, *, rtol: float = 0.0) -> list[str
     found = [f"unit {u} only in {a.parent}" for u in sorted(ids_a - ids_b)]
     found += [f"unit {u} only in {b.parent}" for u in sorted(ids_b - ids_a)]
     for uid in sorted(ids_a & ids_b):
-        names = {p.name for p in (a / uid).iterdir()} | {p.name for p in (b / uid).iterdir()}
-        for name in sorted(names - {TIMING_FILE, DONE_FILE}):
+        names = set(_files_under(a / uid)) | set(_files_under(b / uid)) | {RESULT_FILE, UNIT_FILE}
+        for name in sorted(names):
             fa, fb = a / uid / name, b / uid / name
             if not (fa.exists() and fb.exists()):
                 found.append(f"{uid}/{name} missing on one side")
