@@ -616,17 +616,24 @@ def _add_sweep(sub: "_Sub") -> None:
     )
     p.add_argument("--figures", default="figures", help="folder for the figure (PNG + PDF)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    _add_ray_options(p)
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _add_ray_options(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
+    """``--workers``, ``--address``, ``--cpus-per-worker``, ``--gpus-per-worker``: where a
+    command's work units run (default: one after another in this process)."""
     p.add_argument(
         "--workers",
         type=positive_int,
         default=None,
-        help="run on a local Ray instance with N workers, each keeping the model loaded "
-        "(needs prosv-lens[ray]; default: one unit after another in this process)",
+        help="run the units on a local Ray instance with N workers, each keeping the model "
+        "loaded (needs prosv-lens[ray]; default: in this process)",
     )
     p.add_argument(
         "--address",
         default=None,
-        help="submit to an existing Ray cluster (ray://HOST:10001 or HOST:6379; default "
+        help="run the units on an existing Ray cluster (ray://HOST:10001 or HOST:6379; default "
         "$RAY_ADDRESS if set)",
     )
     p.add_argument(
@@ -638,7 +645,6 @@ def _add_sweep(sub: "_Sub") -> None:
         default=0.0,
         help="GPUs per Ray worker (0; 1 with --device cuda puts one worker on each GPU)",
     )
-    p.set_defaults(func=_cmd_sweep)
 
 
 def _add_axbench_eval(sub: "_Sub") -> None:
@@ -860,28 +866,7 @@ def _add_units_options(group: Any) -> None:
         help="run in work units, K concepts per training unit, resumable unit by unit (default: "
         "one pass over all concepts in this process; 1 with --workers/--address)",
     )
-    group.add_argument(
-        "--workers",
-        type=positive_int,
-        default=None,
-        help="run the units on a local Ray instance with N workers, each keeping the model "
-        "loaded (needs prosv-lens[ray])",
-    )
-    group.add_argument(
-        "--address",
-        default=None,
-        help="run the units on an existing Ray cluster (ray://HOST:10001 or HOST:6379; default "
-        "$RAY_ADDRESS if set)",
-    )
-    group.add_argument(
-        "--cpus-per-worker", type=positive_int, default=1, help="CPU cores per Ray worker (1)"
-    )
-    group.add_argument(
-        "--gpus-per-worker",
-        type=non_negative_float,
-        default=0.0,
-        help="GPUs per Ray worker (0; 1 with --device cuda puts one worker on each GPU)",
-    )
+    _add_ray_options(group)
 
 
 _DEMO_OPTIONS = (
